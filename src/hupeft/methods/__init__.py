@@ -1,0 +1,112 @@
+"""The fine-tuning methods compared in the paper, behind one registry.
+
+    from hupeft import methods
+    adapted = methods.apply(model, "boft", n_factors=3)          # options by keyword
+    adapted = methods.apply(model, "loraga", init_batches=batches) # gradient-initialised
+    methods.load(model, "ckpt/")                                   # re-apply saved state
+
+| name   | what                                                        | owner   |
+|--------|-------------------------------------------------------------|---------|
+| full   | every parameter trains                                      | ours    |
+| lora   | y = W0 x + (alpha/r) B A x                                  | PEFT    |
+| loraga | LoRA initialised from the SVD of the estimated gradient     | ours    |
+| boft   | butterfly orthogonal rotation, m factors, on activations    | ours    |
+| urnn   | unitary U = D3 R2 F^-1 D2 Pi R1 F D1 (or full unitary blocks)| ours    |
+| hybrid | lambda * LoRA-GA + (1 - lambda) * BOFT, lambda from grad norms | ours |
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from torch import nn
+
+from .base import (ADAPTER_CONFIG, Adapted, LossFn, MethodError, MethodOptions, default_loss)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    module: str
+    """module under hupeft.methods defining OPTIONS (a MethodOptions subclass), apply(model,
+    options, init_batches, loss_fn) -> Adapted, and optionally load(model, path) -> Adapted."""
+
+
+METHODS: dict[str, MethodSpec] = {
+    name: MethodSpec(name, mod)
+    for name, mod in [
+        ("full", "full"),
+        ("lora", "lora"),
+        ("loraga", "loraga"),
+        ("boft", "boft"),
+        ("urnn", "urnn"),
+        ("hybrid", "hybrid"),
+    ]
+}
+
+# Methods that read gradients of the base model before training starts.
+NEEDS_INIT_BATCHES = {"loraga", "hybrid"}
+
+
+def _module(name: str):
+    if name not in METHODS:
+        raise MethodError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return importlib.import_module(f"hupeft.methods.{METHODS[name].module}")
+
+
+def options_class(name: str) -> type[MethodOptions]:
+    return _module(name).OPTIONS
+
+
+def make_options(name: str, options: MethodOptions | dict | None = None, **overrides: Any) -> MethodOptions:
+    """Options for `name` from a dataclass, a dict, and/or keyword overrides (validated)."""
+    cls = options_class(name)
+    if isinstance(options, MethodOptions):
+        if not isinstance(options, cls):
+            raise MethodError(f"{type(options).__name__} is not the options of {name!r}; use {cls.__name__}")
+        base = options.to_dict()
+    else:
+        base = dict(options or {})
+    base.update(overrides)
+    opts = cls.from_dict(base)
+    validate = getattr(opts, "validate", None)
+    if validate:
+        validate()
+    return opts
+
+
+def apply(model: nn.Module, name: str, options: MethodOptions | dict | None = None, *,
+          init_batches: Iterable[dict] | None = None, loss_fn: LossFn = default_loss,
+          **overrides: Any) -> Adapted:
+    """Apply method `name` to `model` (in place) and return its handle."""
+    mod = _module(name)
+    opts = make_options(name, options, **overrides)
+    return mod.apply(model, opts, init_batches=init_batches, loss_fn=loss_fn)
+
+
+def load(model: nn.Module, path: str | Path) -> Adapted:
+    """Re-apply a saved method to a fresh copy of the base model and restore its state."""
+    path = Path(path)
+    cfg_file = path / ADAPTER_CONFIG
+    if not cfg_file.exists():
+        raise MethodError(f"{cfg_file} not found; pass the folder written by Adapted.save()")
+    meta = json.loads(cfg_file.read_text())
+    mod = _module(meta["method"])
+    if hasattr(mod, "load"):
+        return mod.load(model, path, meta)
+    from safetensors.torch import load_file
+
+    from .base import ADAPTER_WEIGHTS
+
+    opts = make_options(meta["method"], meta["options"])
+    adapted = mod.apply(model, opts, init_batches=None, loss_fn=default_loss)
+    adapted.load_adapter_state(load_file(str(path / ADAPTER_WEIGHTS)))
+    return adapted
+
+
+__all__ = ["METHODS", "NEEDS_INIT_BATCHES", "Adapted", "MethodError", "MethodOptions",
+           "apply", "load", "make_options", "options_class"]

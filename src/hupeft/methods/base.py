@@ -1,0 +1,289 @@
+"""What every fine-tuning method shares: options, target selection, the adapted-model handle.
+
+A method is applied with `hupeft.methods.apply(model, name, options, init_batches=...)` and
+returns an `Adapted` handle. The training loop only ever talks to that handle:
+
+    adapted = apply(model, "hybrid", HybridOptions(), init_batches=batches)
+    opt = AdamW(adapted.trainable_parameters().values(), lr=...)
+    loss.backward()
+    adapted.before_step()   # reads gradients: hybrid lambda update, uRNN manifold step
+    opt.step()
+    adapted.after_step()    # re-normalisation on drift
+    adapted.diagnostics()   # lambda per layer, orthogonality error, ...
+
+Our own adapters (boft, urnn, hybrid, loraga) replace each targeted `nn.Linear` by an
+`AdapterLayer` that keeps the frozen linear as `.base`, so save, load and merge are written once
+here. PEFT-owned methods (lora) override those with PEFT's own format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+# Default targets per architecture family: the paper adapts attention projections; q and v is
+# the usual LoRA choice and what `hupeft bench` measures.
+DEFAULT_TARGETS = {
+    "llama": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+    "bert": ("query", "value"),
+    "bloom": ("query_key_value",),
+    "gpt2": ("c_attn",),
+}
+
+# Heads that sequence-classification models create fresh: they must train with any method.
+HEAD_NAMES = ("classifier", "score")
+
+ADAPTER_CONFIG = "hupeft_adapter.json"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+
+
+class MethodError(ValueError):
+    """Bad method input; the message is one line and names the fix."""
+
+
+@dataclass
+class MethodOptions:
+    """Fields every method has."""
+
+    target_modules: tuple[str, ...] | None = None
+    """Names (last dotted component) of the nn.Linear layers to adapt; None: the
+    architecture's default (see DEFAULT_TARGETS)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if out.get("target_modules") is not None:
+            out["target_modules"] = list(out["target_modules"])
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MethodOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise MethodError(
+                f"unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(names)}"
+            )
+        d = dict(d)
+        if d.get("target_modules") is not None:
+            d["target_modules"] = tuple(d["target_modules"])
+        return cls(**d)
+
+
+def model_type(model: nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "model_type", "") or ""
+
+
+def resolve_targets(model: nn.Module, target_modules: Iterable[str] | None) -> tuple[str, ...]:
+    if target_modules is not None:
+        return tuple(target_modules)
+    mt = model_type(model)
+    if mt not in DEFAULT_TARGETS:
+        raise MethodError(
+            f"no default target modules for model type {mt!r}; pass target_modules=(...)"
+        )
+    return DEFAULT_TARGETS[mt]
+
+
+def find_target_linears(model: nn.Module, target_modules: Iterable[str] | None) -> list[str]:
+    """Full names of the nn.Linear modules whose last name component is a target."""
+    targets = set(resolve_targets(model, target_modules))
+    names = [
+        name
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets
+        and not any(part in HEAD_NAMES for part in name.split("."))
+    ]
+    if not names:
+        raise MethodError(
+            f"no nn.Linear named {sorted(targets)} in {type(model).__name__}; "
+            "check target_modules against model.named_modules()"
+        )
+    return names
+
+
+def head_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Fresh classification heads (trained by every method), by name."""
+    return {
+        name: mod
+        for name, mod in model.named_modules()
+        if name.rsplit(".", 1)[-1] in HEAD_NAMES and name.count(".") <= 1
+    }
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+class AdapterLayer(nn.Module):
+    """A frozen nn.Linear (`self.base`) plus a method's trainable transform.
+
+    Subclasses implement `forward` and `merged_weight()` (the plain weight that gives the same
+    outputs), and optionally `orthogonality_error()`.
+    """
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(False)
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def merged_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def orthogonality_error(self) -> float | None:
+        """max |R^T R - I| (or U^H U - I) of this layer's rotation; None if it has none."""
+        return None
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen base: trainable parameters and persistent buffers."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("base.")}
+
+
+class Adapted:
+    """Handle on a model with a fine-tuning method applied. See the module docstring."""
+
+    def __init__(self, model: nn.Module, method: str, options: MethodOptions):
+        self.model = model
+        self.method = method
+        self.options = options
+
+    # --- what the training loop calls -------------------------------------------------
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def before_step(self) -> None:
+        """After backward, before optimizer.step(). Default: nothing."""
+
+    def after_step(self) -> None:
+        """After optimizer.step(). Default: nothing."""
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Flat dict of numbers (and, for the hybrid, `lambda`: {layer: value})."""
+        errs = [e for e in (l.orthogonality_error() for l in self.adapter_layers().values()) if e is not None]
+        return {"orthogonality_error": max(errs)} if errs else {}
+
+    # --- structure ------------------------------------------------------------------------
+    def adapter_layers(self) -> dict[str, AdapterLayer]:
+        return {n: m for n, m in self.model.named_modules() if isinstance(m, AdapterLayer)}
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters().values())
+
+    def num_total(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # --- persistence ----------------------------------------------------------------------
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {}
+        for name, layer in self.adapter_layers().items():
+            for k, v in layer.adapter_state().items():
+                state[f"{name}.{k}"] = v
+        for name, head in head_modules(self.model).items():
+            for k, v in head.state_dict().items():
+                state[f"{name}.{k}"] = v
+        return state
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.adapter_state()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise MethodError(
+                f"adapter state does not fit this model (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}); load it with the same model and options it was saved with"
+            )
+        full = self.model.state_dict()
+        with torch.no_grad():
+            for k, v in state.items():
+                full[k].copy_(v.to(full[k].dtype))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `hupeft_adapter.json` and `adapter.safetensors` into `path`, atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.adapter_state().items()}
+        _atomic(path / ADAPTER_WEIGHTS, lambda f: save_file(state, f))
+        meta = {"method": self.method, "options": self.options.to_dict(), "format": "hupeft"}
+        _atomic(path / ADAPTER_CONFIG, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))
+        return path
+
+    def merge(self) -> nn.Module:
+        """Replace each adapter layer by a plain nn.Linear with the merged weight; return the model."""
+        with torch.no_grad():
+            for name, layer in list(self.adapter_layers().items()):
+                base = layer.base
+                merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                                   device=base.weight.device, dtype=base.weight.dtype)
+                merged.weight.copy_(layer.merged_weight().to(base.weight.dtype))
+                if base.bias is not None:
+                    merged.bias.copy_(base.bias)
+                set_submodule(self.model, name, merged)
+        return self.model
+
+
+def freeze_all_but_heads(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for head in head_modules(model).values():
+        for p in head.parameters():
+            p.requires_grad_(True)
+
+
+def replace_targets(model: nn.Module, options: MethodOptions,
+                    factory: Callable[[str, nn.Linear], AdapterLayer]) -> dict[str, AdapterLayer]:
+    """Freeze the model, then swap each targeted nn.Linear for `factory(name, linear)`."""
+    names = find_target_linears(model, options.target_modules)
+    freeze_all_but_heads(model)
+    layers = {}
+    for name in names:
+        layer = factory(name, model.get_submodule(name))
+        set_submodule(model, name, layer)
+        layers[name] = layer
+    return layers
+
+
+def _atomic(dest: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename over `dest`."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+atomic_write = _atomic
+
+LossFn = Callable[[nn.Module, dict], torch.Tensor]
+
+
+def default_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Hugging Face models return `.loss` when the batch carries labels."""
+    return model(**batch).loss

