@@ -1,0 +1,5 @@
+import sys
+
+from hupeft.cli import main
+
+sys.exit(main())

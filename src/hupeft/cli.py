@@ -1,0 +1,44 @@
+"""`hupeft` command line: run | grid | reproduce | report | bench | humaneval.
+
+Each subcommand lives in the module that owns the work; this file only dispatches, so
+`hupeft --help` stays fast (no torch import until a subcommand needs it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    # name: (module, function taking argv and returning an exit code, one-line help)
+    "run": ("hupeft.experiment", "cli_main", "train and score one model x method x benchmark x seed"),
+    "grid": ("hupeft.grid", "cli_main", "expand a preset and execute every cell with papermill"),
+    "reproduce": ("hupeft.grid", "reproduce_main", "grid, then report, then build the book"),
+    "report": ("hupeft.report", "cli_main", "turn records into the book's tables and figures"),
+    "bench": ("hupeft.bench", "cli_main", "time training steps of every method on one model"),
+    "humaneval": ("hupeft.benchmarks.humaneval", "cli_main", "score HumanEval completions in the sandbox"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: hupeft <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    lines += ["", "`hupeft <command> --help` documents each command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"hupeft: unknown command {name!r}; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    module, func, _ = SUBCOMMANDS[name]
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
