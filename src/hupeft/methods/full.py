@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Adapted, MethodOptions, atomic_write
+from .base import ADAPTER_CONFIG, Adapted, MethodOptions, atomic_write
 
 
 @dataclass
@@ -58,5 +58,3 @@ def load(model: nn.Module, path: Path, meta: dict) -> Adapted:
         raise ValueError(f"checkpoint at {path} does not fit the model: missing {real_missing[:3]}, unexpected {unexpected[:3]}")
     return apply(model, FullOptions.from_dict(meta["options"]))
 
-
-_ = ADAPTER_WEIGHTS

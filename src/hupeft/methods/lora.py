@@ -1,0 +1,89 @@
+"""LoRA through PEFT: y = W0 x + (alpha / r) B A x, B = 0 at start. The paper uses r=16, alpha=32.
+
+PEFT owns this method, so save/load use PEFT's adapter format (adapter_model.safetensors +
+adapter_config.json) next to our small `hupeft_adapter.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import (ADAPTER_CONFIG, Adapted, MethodError, MethodOptions, atomic_write,
+                   head_modules, resolve_targets)
+
+
+@dataclass
+class LoraOptions(MethodOptions):
+    r: int = 16
+    """Rank of the update B A (the paper: 16)."""
+    alpha: float = 32.0
+    """Scale numerator: the update is multiplied by alpha / r (the paper: 32)."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input (PEFT's lora_dropout)."""
+
+    def validate(self) -> None:
+        if self.r <= 0:
+            raise MethodError(f"LoRA rank r must be > 0, got {self.r}; pass r=16 (the paper's) or another positive int")
+        if self.alpha <= 0:
+            raise MethodError(f"LoRA alpha must be > 0, got {self.alpha}")
+
+
+OPTIONS = LoraOptions
+
+
+def peft_config(model: nn.Module, options: LoraOptions):
+    from peft import LoraConfig
+
+    return LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                      target_modules=list(resolve_targets(model, options.target_modules)),
+                      modules_to_save=list(head_modules(model)) or None)
+
+
+class PeftAdapted(Adapted):
+    """A PEFT-wrapped model; `self.model` is the PeftModel the training loop calls."""
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model)
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, state)
+
+    def adapter_layers(self):
+        return {}
+
+    def num_total(self) -> int:
+        return sum(p.numel() for p in self.model.base_model.model.parameters())
+
+    def save(self, path):
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        meta = {"method": self.method, "options": self.options.to_dict(), "format": "peft"}
+        atomic_write(path / ADAPTER_CONFIG, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))
+        return path
+
+    def merge(self) -> nn.Module:
+        self.model = self.model.merge_and_unload()
+        return self.model
+
+
+def apply(model: nn.Module, options: LoraOptions, init_batches=None, loss_fn=None) -> Adapted:
+    from peft import get_peft_model
+
+    return PeftAdapted(get_peft_model(model, peft_config(model, options)), "lora", options)
+
+
+def load(model: nn.Module, path: Path, meta: dict) -> Adapted:
+    from peft import PeftModel
+
+    opts = LoraOptions.from_dict(meta["options"])
+    return PeftAdapted(PeftModel.from_pretrained(model, str(path), is_trainable=True), "lora", opts)
