@@ -259,3 +259,24 @@ def _hub(name: str, task: str, num_labels: int, dtype, quantization, device_map)
         ) from None
     _ensure_pad(tok, model)
     return LoadedModel(model, tok, name, task, "local" if Path(name).exists() else "hub")
+
+
+def model_config(name: str):
+    """The model's transformers config without loading weights; None if it cannot be seen offline."""
+    from transformers import AutoConfig
+
+    check_name(name)
+    if name in TINY:
+        return tiny_config(name)
+    if name == "minilm-l6":
+        return AutoConfig.from_pretrained(minilm_dir())
+    if name == "smollm2-135m":
+        cached = cache_dir() / "models" / "smollm2-135m-fp32"
+        if (cached / "config.json").exists():
+            return AutoConfig.from_pretrained(cached)
+        info = EMBEDDED[name]
+        return AutoConfig.from_pretrained(_package_dir(info["package"], info["pip"]), gguf_file=info["file"])
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError):
+        return None

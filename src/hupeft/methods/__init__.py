@@ -88,6 +88,35 @@ def apply(model: nn.Module, name: str, options: MethodOptions | dict | None = No
     return mod.apply(model, opts, init_batches=init_batches, loss_fn=loss_fn)
 
 
+def check_fits(model: nn.Module, name: str, options: MethodOptions) -> None:
+    """Raise MethodError if `name` with `options` cannot be applied to `model`'s layers.
+
+    Works on a model built on the meta device, so a run can refuse bad input before loading
+    any weights."""
+    if name == "full":
+        return
+    from .base import find_target_linears
+
+    for layer_name in find_target_linears(model, options.target_modules):
+        lin = model.get_submodule(layer_name)
+        d_in, d_out = lin.in_features, lin.out_features
+        if name in ("boft", "hybrid"):
+            from .boft.butterfly import check_butterfly_shape
+
+            side = getattr(options, "side", "output")
+            dim = d_in if side == "input" else d_out
+            try:
+                check_butterfly_shape(dim, options.block_size, options.n_factors)
+            except MethodError as e:
+                raise MethodError(f"{layer_name}: {e}") from None
+        if name == "urnn":
+            if d_in % 2:
+                raise MethodError(f"{layer_name}: urnn needs an even input width, got {d_in}; target other layers")
+            if options.variant == "full" and (d_in // 2) % options.block_size:
+                raise MethodError(f"{layer_name}: urnn block_size {options.block_size} does not divide "
+                                  f"{d_in // 2} (half the width {d_in}); pick a divisor of {d_in // 2}")
+
+
 def load(model: nn.Module, path: str | Path) -> Adapted:
     """Re-apply a saved method to a fresh copy of the base model and restore its state."""
     path = Path(path)
@@ -109,4 +138,4 @@ def load(model: nn.Module, path: str | Path) -> Adapted:
 
 
 __all__ = ["METHODS", "NEEDS_INIT_BATCHES", "Adapted", "MethodError", "MethodOptions",
-           "apply", "load", "make_options", "options_class"]
+           "apply", "check_fits", "load", "make_options", "options_class"]

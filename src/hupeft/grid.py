@@ -1,0 +1,319 @@
+"""Presets -> cells -> executed notebooks: `hupeft grid` and `hupeft reproduce`.
+
+A preset (YAML in hupeft/presets/) names models, their benchmarks, methods, seeds and
+settings. Each cell (model x benchmark x method x seed) is one papermill execution of
+notebooks/run.ipynb into results/<preset>/<model>/<benchmark>/<method>/seed<k>/, which writes
+record.json beside the executed notebook.
+
+Settings are merged in this order, later wins: preset defaults, benchmark_settings,
+the model's settings, method_settings, then --set on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, RunConfig, apply_overrides, validate
+from .records import RECORD_NAME, atomic_write_text, read_record
+
+PRESET_DIR = Path(__file__).parent / "presets"
+NOTEBOOK_NAME = "run.ipynb"
+
+
+class GridError(ValueError):
+    """Bad grid input; the message is one line and names the fix."""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict:
+    import yaml
+
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        path = Path(name)
+        if not (path.suffix in (".yaml", ".yml") and path.exists()):
+            raise GridError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())} or a .yaml path")
+    preset = yaml.safe_load(path.read_text())
+    preset["name"] = path.stem
+    return preset
+
+
+@dataclass
+class Cell:
+    preset: str
+    config: RunConfig
+    out_dir: Path
+    gpus: int = 1
+    cost_seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        return f"{c.model} {c.benchmark} {c.method} seed{c.seed}"
+
+    def parameters(self) -> dict[str, Any]:
+        """The notebook's parameters (papermill injects them)."""
+        d = self.config.to_dict()
+        fixed = {k: d.pop(k) for k in ("model", "method", "benchmark", "seed", "preset")}
+        return {**fixed, "overrides": d, "out_dir": str(self.out_dir.resolve()), "gpus": self.gpus}
+
+
+def cell_dir(root: Path, preset: str, cfg: RunConfig) -> Path:
+    safe = lambda s: s.replace("/", "-")  # noqa: E731  hub ids and benchmark names hold slashes
+    return root / preset / safe(cfg.model) / safe(cfg.benchmark) / cfg.method / f"seed{cfg.seed}"
+
+
+def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=None,
+           sets: list[str] = (), root: Path = Path("results")) -> list[Cell]:
+    """Every cell of the preset, filtered by the lists given; configs validated (no weights)."""
+    all_models = preset["models"]
+    for wanted, have, what in ((models, all_models, "model"), (methods, preset["methods"], "method")):
+        bad = sorted(set(wanted or ()) - set(have))
+        if bad:
+            raise GridError(f"{what}(s) {bad} not in preset {preset['name']}; it has {', '.join(have)}")
+    cells = []
+    for model, spec in all_models.items():
+        if models and model not in models:
+            continue
+        for bench in spec["benchmarks"]:
+            if benchmarks and bench not in benchmarks:
+                continue
+            for method in preset["methods"]:
+                if methods and method not in methods:
+                    continue
+                for seed in (seeds if seeds is not None else preset["seeds"]):
+                    settings = {**preset.get("defaults", {}),
+                                **preset.get("benchmark_settings", {}).get(bench, {}),
+                                **spec.get("settings", {}),
+                                **preset.get("method_settings", {}).get(method, {})}
+                    try:
+                        cfg = RunConfig.from_dict({**settings, "model": model, "method": method,
+                                                   "benchmark": bench, "seed": int(seed), "preset": preset["name"]})
+                        cfg = validate(apply_overrides(cfg, list(sets)))
+                    except ConfigError as e:
+                        raise GridError(f"{model} {bench} {method}: {e}") from None
+                    cells.append(Cell(preset["name"], cfg, cell_dir(root, preset["name"], cfg),
+                                      int(spec.get("gpus", 1)),
+                                      float(preset.get("cost_seconds", {}).get(model, 0))))
+    if benchmarks:
+        found = {c.config.benchmark for c in cells}
+        if not found:
+            raise GridError(f"no cell of preset {preset['name']} has benchmark(s) {benchmarks}")
+    return cells
+
+
+def is_done(cell: Cell) -> bool:
+    """A complete record (ok or diverged) written with exactly this cell's parameters."""
+    path = cell.out_dir / RECORD_NAME
+    try:
+        rec = read_record(path)
+    except (OSError, ValueError):
+        return False
+    if rec.get("status") not in ("ok", "diverged"):
+        return False
+    want = cell.config.to_dict()
+    got = rec.get("config", {})
+    for key, value in want.items():
+        if key == "method_options":
+            if any(got.get(key, {}).get(k) != v for k, v in value.items()):
+                return False
+        elif got.get(key) != value:
+            return False
+    return True
+
+
+def execute(cell: Cell, notebook: Path, timeout: float | None = None) -> tuple[bool, str]:
+    """Run one cell's notebook with papermill; True on a record with status ok/diverged."""
+    import papermill as pm
+
+    cell.out_dir.mkdir(parents=True, exist_ok=True)
+    partial = cell.out_dir / f".{NOTEBOOK_NAME}.partial"
+    # A stale record from older parameters must not survive a failed re-run.
+    stale = cell.out_dir / RECORD_NAME
+    if stale.exists():
+        stale.unlink()
+    try:
+        pm.execute_notebook(str(notebook), str(partial), parameters=cell.parameters(), progress_bar=False,
+                            kernel_name="python3", execution_timeout=timeout, cwd=str(cell.out_dir))
+        error = ""
+    except Exception as e:  # papermill's errors: PapermillExecutionError, CellTimeoutError, ...
+        error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    if partial.exists():
+        os.replace(partial, cell.out_dir / NOTEBOOK_NAME)
+    if not error and not is_done(cell):
+        rec_path = cell.out_dir / RECORD_NAME
+        error = (read_record(rec_path).get("error") or "record not ok").splitlines()[0] if rec_path.exists() \
+            else "notebook finished without writing record.json"
+    return not error, error
+
+
+def run_grid(cells: list[Cell], *, jobs: int = 1, notebook: Path | None = None, progress: bool = True) -> list[tuple[Cell, str]]:
+    """Execute every cell that is not done; return the failures."""
+    from tqdm.auto import tqdm
+
+    notebook = notebook or default_notebook()
+    todo = [c for c in cells if not is_done(c)]
+    skipped = len(cells) - len(todo)
+    if skipped:
+        print(f"{skipped} of {len(cells)} cells already have a complete record with these parameters; skipped")
+    failures = []
+    bar = tqdm(total=len(todo), desc="grid", unit="cell", disable=not progress)
+    with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(execute, c, notebook): c for c in todo}
+        for fut in cf.as_completed(futures):
+            cell = futures[fut]
+            ok, error = fut.result()
+            if not ok:
+                failures.append((cell, error))
+                tqdm.write(f"FAILED {cell.label}: {error}")
+            bar.update(1)
+            bar.set_postfix_str(cell.label)
+    bar.close()
+    return failures
+
+
+def default_notebook() -> Path:
+    """notebooks/run.ipynb of the checkout this package runs from."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        nb = parent / "notebooks" / NOTEBOOK_NAME
+        if nb.exists():
+            return nb
+    raise GridError("notebooks/run.ipynb not found; run from a clone of the hupeft repository")
+
+
+def slurm_script(cells: list[Cell], root: Path, preset: str) -> Path:
+    """An sbatch array script: task i executes cell i with papermill."""
+    folder = root / preset / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    listing = [{"parameters": c.parameters(), "out_dir": str(c.out_dir), "gpus": c.gpus} for c in cells]
+    atomic_write_text(folder / "cells.json", json.dumps(listing, indent=1))
+    gpus = max(c.gpus for c in cells)
+    script = f"""#!/bin/bash
+#SBATCH --job-name=hupeft-{preset}
+#SBATCH --array=0-{len(cells) - 1}
+#SBATCH --gres=gpu:{gpus}
+#SBATCH --output={folder}/%A_%a.log
+# One task per cell; multi-GPU cells run under `accelerate launch` from inside the notebook.
+{sys.executable} -m hupeft.grid --run-cell {folder / 'cells.json'} --index $SLURM_ARRAY_TASK_ID
+"""
+    path = folder / "array.sbatch"
+    atomic_write_text(path, script)
+    return path
+
+
+def run_cell_from_listing(listing: Path, index: int) -> int:
+    entry = json.loads(Path(listing).read_text())[index]
+    params = dict(entry["parameters"])
+    cfg = RunConfig.from_dict({**params.pop("overrides"), **{k: params[k] for k in
+                                                            ("model", "method", "benchmark", "seed", "preset")}})
+    cell = Cell(cfg.preset or "", cfg, Path(entry["out_dir"]), entry["gpus"])
+    if is_done(cell):
+        return 0
+    ok, error = execute(cell, default_notebook())
+    if not ok:
+        print(f"FAILED {cell.label}: {error}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    p = argparse.ArgumentParser(prog="hupeft grid", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu", help=f"preset name ({', '.join(preset_names())}) or a YAML path")
+    p.add_argument("--models", type=csv, help="only these models (comma-separated)")
+    p.add_argument("--methods", type=csv, help="only these methods")
+    p.add_argument("--benchmarks", type=csv, help="only these benchmarks")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in csv(s)], help="these seeds instead of the preset's")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run setting in every cell (see `hupeft run --help`)")
+    p.add_argument("--jobs", type=int, default=1, help="cells executed at once (local launcher)")
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="where cells run")
+    p.add_argument("--results", default="results", help="results root (default: results/)")
+    p.add_argument("--dry-run", action="store_true", help="print the cells and a cost estimate; run nothing")
+    p.add_argument("--run-cell", help=argparse.SUPPRESS)
+    p.add_argument("--index", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def grid_from_args(args) -> int:
+    try:
+        preset = load_preset(args.preset)
+        if args.jobs < 1:
+            raise GridError(f"--jobs must be >= 1, got {args.jobs}")
+        cells = expand(preset, models=args.models, methods=args.methods, benchmarks=args.benchmarks,
+                       seeds=args.seeds, sets=args.sets, root=Path(args.results))
+    except GridError as e:
+        print(f"hupeft grid: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        todo = [c for c in cells if not is_done(c)]
+        for c in cells:
+            print(f"{'done' if c not in todo else 'todo'}  {c.label}  gpus={c.gpus}  -> {c.out_dir}")
+        est = sum(c.cost_seconds for c in todo) / max(1, args.jobs)
+        print(f"{len(cells)} cells, {len(todo)} to run; estimated {est / 60:.1f} min "
+              f"({args.launcher}, {args.jobs} job(s))")
+        return 0
+    if args.launcher == "slurm":
+        script = slurm_script(cells, Path(args.results), preset["name"])
+        if not shutil.which("sbatch"):
+            print(f"hupeft grid: sbatch not found; wrote {script} (submit it on the cluster) "
+                  "or use --launcher local", file=sys.stderr)
+            return 2
+        out = subprocess.run(["sbatch", str(script)], capture_output=True, text=True)
+        print(out.stdout.strip() or out.stderr.strip())
+        return out.returncode
+    t0 = time.time()
+    failures = run_grid(cells, jobs=args.jobs)
+    print(f"grid {preset['name']}: {len(cells) - len(failures)} of {len(cells)} cells ok "
+          f"in {(time.time() - t0) / 60:.1f} min")
+    for cell, error in failures:
+        print(f"  failed: {cell.label}: {error}")
+    return 1 if failures else 0
+
+
+def cli_main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.run_cell:
+        return run_cell_from_listing(Path(args.run_cell), args.index)
+    return grid_from_args(args)
+
+
+def reproduce_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="hupeft reproduce",
+                                description="Run a preset's grid, then the report, then build the book.")
+    p.add_argument("--preset", default="cpu", help="preset (default: cpu)")
+    p.add_argument("--jobs", type=int, default=1, help="cells executed at once")
+    p.add_argument("--results", default="results", help="results root (default: results/)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run setting in every cell")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    grid_args = parser().parse_args(["--preset", args.preset, "--jobs", str(args.jobs),
+                                     "--results", args.results] + sum((["--set", s] for s in args.sets), []))
+    code = grid_from_args(grid_args)
+    if code == 2:
+        return 2
+    from . import report
+
+    report_code = report.cli_main(["--preset", load_preset(args.preset)["name"], "--results", args.results, "--build"])
+    print(f"reproduce {args.preset}: {(time.time() - t0) / 60:.1f} min end to end")
+    return code or report_code
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main(sys.argv[1:]))
+
