@@ -1,0 +1,103 @@
+"""A butterfly orthogonal matrix applied to activations, never materialised as d x d.
+
+R = M_{m-1} ... M_1 M_0 (PEFT's row-vector convention: rotated rows are x @ R), each factor
+M_i = P_i B_i P_i^T with B_i block-diagonal (N = d / b orthogonal b x b blocks) and P_i the
+butterfly permutation PEFT's BOFT uses for factor i. Each block is the Cayley transform
+Q = (I - S)(I + S)^-1 of a skew-symmetric S, stored as its strict upper triangle (b(b-1)/2
+numbers; zero at start, so R = I).
+
+Why our own: PEFT's BOFT multiplies dense d x d matrices every forward, and without its CUDA
+extension it silently sets the number of factors to 1. Here each factor is two index gathers
+and one batched b x b matmul over the activations: O(m d b) per token.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..base import MethodError
+
+
+def check_butterfly_shape(dim: int, block_size: int, n_factors: int) -> None:
+    """The constraints of PEFT's BOFT, as one-line errors that name the fix."""
+    if block_size <= 0 or n_factors <= 0:
+        raise MethodError(f"block_size and n_factors must be > 0 (got {block_size}, {n_factors})")
+    if dim % block_size:
+        divisors = [b for b in (2, 4, 8, 16, 32, 64) if dim % b == 0]
+        raise MethodError(f"block_size {block_size} does not divide the layer width {dim}; use one of {divisors}")
+    blocks = dim // block_size
+    if n_factors > 1:
+        if block_size % 2:
+            raise MethodError(f"block_size must be even with n_factors > 1 (got {block_size}); use an even size")
+        if blocks % (2 ** (n_factors - 1)):
+            raise MethodError(f"{blocks} blocks of {block_size} (width {dim}) are not divisible by 2^(n_factors-1) = "
+                              f"{2 ** (n_factors - 1)}; lower n_factors or change block_size")
+
+
+def butterfly_permutation(dim: int, blocks: int, half_block: int, factor: int) -> torch.Tensor:
+    """PEFT's `block_butterfly_perm(dim, blocks / 2^factor, half_block, ...)` as indices."""
+    if factor == 0:
+        return torch.arange(dim)
+    groups = blocks // (2 ** factor)
+    size = dim // groups  # each group interleaves its two halves at block granularity
+    step = size // half_block
+    order = torch.cat([torch.arange(0, step, 2), torch.arange(1, step, 2)])
+    within = torch.cat([torch.arange(int(p) * half_block, int(p) * half_block + half_block) for p in order])
+    return torch.cat([g * size + within for g in range(groups)])
+
+
+def cayley(skew: torch.Tensor) -> torch.Tensor:
+    """(I - S)(I + S)^-1 for a batch of skew-symmetric S: orthogonal, and I at S = 0."""
+    eye = torch.eye(skew.shape[-1], dtype=skew.dtype, device=skew.device).expand_as(skew)
+    return torch.linalg.solve(eye + skew, eye - skew, left=False)
+
+
+class Butterfly(nn.Module):
+    def __init__(self, dim: int, block_size: int, n_factors: int):
+        super().__init__()
+        check_butterfly_shape(dim, block_size, n_factors)
+        self.dim, self.block_size, self.n_factors = dim, block_size, n_factors
+        self.blocks = dim // block_size
+        tri = block_size * (block_size - 1) // 2
+        self.theta = nn.Parameter(torch.zeros(n_factors, self.blocks, tri))
+        rows, cols = torch.triu_indices(block_size, block_size, offset=1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        perms = [butterfly_permutation(dim, self.blocks, block_size // 2, i) for i in range(n_factors)]
+        self.register_buffer("perm", torch.stack(perms), persistent=False)
+        self.register_buffer("inv_perm", torch.stack([torch.argsort(p) for p in perms]), persistent=False)
+
+    def skew(self) -> torch.Tensor:
+        s = self.theta.new_zeros(self.n_factors, self.blocks, self.block_size, self.block_size)
+        s[..., self.rows, self.cols] = self.theta
+        return s - s.transpose(-1, -2)
+
+    def block_matrices(self) -> torch.Tensor:
+        """The orthogonal blocks, (n_factors, blocks, b, b), computed in fp32 for stability."""
+        return cayley(self.skew().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ R over the last dimension (R^T applied to each vector)."""
+        q = self.block_matrices().to(x.dtype)
+        shape = x.shape
+        for i in reversed(range(self.n_factors)):
+            # x @ P B P^T: undo P (gather by the inverse), multiply blocks, redo P.
+            h = x.index_select(-1, self.inv_perm[i]).reshape(*shape[:-1], self.blocks, self.block_size)
+            h = torch.einsum("...nb,nbc->...nc", h, q[i]).reshape(shape)
+            x = h.index_select(-1, self.perm[i])
+        return x
+
+    def matrix(self) -> torch.Tensor:
+        """R^T as a dense dim x dim matrix, so that forward(x) == x @ matrix().T.
+
+        This is the column-vector rotation R_col: forward applies R_col to each vector."""
+        eye = torch.eye(self.dim, dtype=self.theta.dtype, device=self.theta.device)
+        return self.forward(eye).T
+
+    @torch.no_grad()
+    def orthogonality_error(self) -> float:
+        q = self.block_matrices()
+        eye = torch.eye(self.block_size, dtype=q.dtype, device=q.device)
+        # The blocks are orthogonal iff R is: permutations are exact.
+        return float((q.transpose(-1, -2) @ q - eye).abs().max())
