@@ -7,8 +7,12 @@ Q = (I - S)(I + S)^-1 of a skew-symmetric S, stored as its strict upper triangle
 numbers; zero at start, so R = I).
 
 Why our own: PEFT's BOFT multiplies dense d x d matrices every forward, and without its CUDA
-extension it silently sets the number of factors to 1. Here each factor is two index gathers
-and one batched b x b matmul over the activations: O(m d b) per token.
+extension it silently sets the number of factors to 1.
+
+How it is applied: factor i only mixes coordinates within groups of b * 2^i, so the whole
+product is block-diagonal with G = d / s groups of s = b * 2^(m-1). Each forward builds those G
+blocks (s x s) by running the m factors (gathers and b x b block products) on s probe rows, and
+applies them to the activations in one batched matmul: O(d s) per token, never d x d.
 """
 
 from __future__ import annotations
@@ -77,9 +81,26 @@ class Butterfly(nn.Module):
         """The orthogonal blocks, (n_factors, blocks, b, b), computed in fp32 for stability."""
         return cayley(self.skew().float())
 
+    @property
+    def group(self) -> int:
+        return self.block_size * 2 ** (self.n_factors - 1)
+
+    def group_blocks(self) -> torch.Tensor:
+        """R's diagonal blocks, (G, s, s), in the row convention: x_g @ blocks[g]."""
+        s, g = self.group, self.dim // self.group
+        probe = torch.eye(s, dtype=torch.float32, device=self.theta.device).repeat(1, g)  # e_j in every group
+        rows = self._factors(probe, self.block_matrices())
+        return rows.view(s, g, s).transpose(0, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x @ R over the last dimension (R^T applied to each vector)."""
-        q = self.block_matrices().to(x.dtype)
+        blocks = self.group_blocks().to(x.dtype)
+        g = blocks.shape[0]
+        return torch.einsum("...gs,gsc->...gc", x.reshape(*x.shape[:-1], g, self.group), blocks).reshape(x.shape)
+
+    def _factors(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """x @ M_{m-1} ... M_0 factor by factor (used on the small probe)."""
+        q = q.to(x.dtype)
         shape = x.shape
         for i in reversed(range(self.n_factors)):
             # x @ P B P^T: undo P (gather by the inverse), multiply blocks, redo P.
@@ -97,7 +118,7 @@ class Butterfly(nn.Module):
 
     @torch.no_grad()
     def orthogonality_error(self) -> float:
-        q = self.block_matrices()
-        eye = torch.eye(self.block_size, dtype=q.dtype, device=q.device)
-        # The blocks are orthogonal iff R is: permutations are exact.
+        """max |R^T R - I|, exactly, from R's diagonal blocks."""
+        q = self.group_blocks().double()
+        eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
         return float((q.transpose(-1, -2) @ q - eye).abs().max())
