@@ -1,8 +1,14 @@
 """W = W0 + lambda * dW_LoRA-GA + (1 - lambda) * (R - I) W0, computed on activations.
 
-h0 = W0 x;  y = h0 + lambda * s (B A - B0 A0) x + (1 - lambda) * (R h0 - h0) + bias.
-W0 is never modified, and both deltas are zero at step 0, so outputs equal the base model's for
-any lambda."""
+Algorithm 2 as printed adds the mixed delta into W at every step, which would count it again at
+each step; we read it as this effective weight, with W0 never modified. R (d_out x d_out) is a
+butterfly rotation on the output side, as Algorithm 2 writes it, so with h = W0 x:
+
+    y = h + lambda * s (B A - B0 A0) x + (1 - lambda) * (R h - h) + bias
+
+Both deltas are exactly zero at step 0 (B = B0, A = A0; R = I), so outputs equal the base
+model's for any lambda. lambda is a persistent buffer: saved with the adapter, restored by load.
+"""
 
 from __future__ import annotations
 
@@ -21,22 +27,23 @@ class HybridLinear(LoraGALinear):
         self.register_buffer("lam", torch.tensor(float(lambda_init), device=base.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h0 = nn.functional.linear(x, self.base.weight)
-        lam = self.lam.to(h0.dtype)
-        y = h0 + lam * self.delta(x) + (1 - lam) * (self.rotation(h0) - h0)
-        return y if self.base.bias is None else y + self.base.bias
+        # The base runs as itself (a quantized base works); R acts on W0 x only, not on the bias.
+        out = self.base(x)
+        h = out if self.base.bias is None else out - self.base.bias
+        lam = self.lam.to(out.dtype)
+        return out + lam * self.delta(x) + (1 - lam) * (self.rotation(h) - h)
 
     def lora_parameters(self) -> list[nn.Parameter]:
         return [self.lora_A, self.lora_B]
 
     def boft_parameters(self) -> list[nn.Parameter]:
-        return [self.rotation.theta]
+        return list(self.rotation.parameters())
 
     def merged_weight(self) -> torch.Tensor:
         w0 = self.base.weight.float()
-        r = self.rotation.matrix().float()
+        rot = self.rotation.matrix().float()  # forward(h) == rot @ h for column vectors
         lam = float(self.lam)
-        w = w0 + lam * self.delta_weight() + (1 - lam) * (r @ w0 - w0)
+        w = w0 + lam * self.delta_weight() + (1 - lam) * (rot @ w0 - w0)
         return w.to(self.base.weight.dtype)
 
     def orthogonality_error(self) -> float:

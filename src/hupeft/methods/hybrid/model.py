@@ -4,49 +4,66 @@ from __future__ import annotations
 
 import math
 
+import torch
 
 from ..base import Adapted
 from .config import HybridOptions
 from .layer import HybridLinear
 
-
-def _norm(params) -> float:
-    sq = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]
-    return math.sqrt(float(sum(sq))) if sq else 0.0
+EPS = 1e-12
 
 
 def next_lambda(lam: float, g_lora: float, g_boft: float, opts: HybridOptions) -> float:
-    """One update of a layer's lambda (see HybridOptions for the rules)."""
-    eps = 1e-12
+    """One update of a layer's lambda from its branches' gradient norms (see HybridOptions)."""
     if opts.lambda_rule == "normalized":
-        g_lora, g_boft = g_lora / max(lam, eps), g_boft / max(1 - lam, eps)
+        g_lora, g_boft = g_lora / max(lam, EPS), g_boft / max(1.0 - lam, EPS)
     total = g_lora + g_boft
-    new = lam if total <= eps else g_lora / total  # no gradient at all: keep lambda
-    new = opts.lambda_ema * lam + (1 - opts.lambda_ema) * new
-    return min(max(new, opts.lambda_min), 1 - opts.lambda_min)
+    target = lam if total <= EPS else g_lora / total  # no gradient at all: nothing to go by
+    new = opts.lambda_ema * lam + (1.0 - opts.lambda_ema) * target
+    return min(max(new, opts.lambda_min), 1.0 - opts.lambda_min)
+
+
+def _sq_norm(params, like: torch.Tensor) -> torch.Tensor:
+    sq = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]
+    return torch.stack(sq).sum() if sq else like.new_zeros((), dtype=torch.float32)
 
 
 class HybridAdapted(Adapted):
-    def __init__(self, model, method, options):
-        super().__init__(model, method, options)
-        self.lambda_history: dict[str, list[float]] = {n: [] for n in self.adapter_layers()}
-        self._last = {"grad_norm_lora": 0.0, "grad_norm_boft": 0.0}
+    """`before_step()` (after backward, before optimizer.step()) updates every layer's lambda;
+    `lambda_history` {layer: [lambda after each step]}; `diagnostics()` adds `lambda`
+    {layer: value} and the branches' gradient norms over all layers (`grad_norm_lora`,
+    `grad_norm_boft`)."""
 
+    def __init__(self, model, method: str, options: HybridOptions):
+        super().__init__(model, method, options)
+        self.lambda_history: dict[str, list[float]] = {n: [] for n in self.hybrid_layers()}
+        self._norms = {"grad_norm_lora": 0.0, "grad_norm_boft": 0.0}
+
+    def hybrid_layers(self) -> dict[str, HybridLinear]:
+        return {n: m for n, m in self.adapter_layers().items() if isinstance(m, HybridLinear)}
+
+    @torch.no_grad()
     def before_step(self) -> None:
-        sq_lora = sq_boft = 0.0
-        for name, layer in self.adapter_layers().items():
-            if not isinstance(layer, HybridLinear):
-                continue
-            g_l, g_b = _norm(layer.lora_parameters()), _norm(layer.boft_parameters())
-            sq_lora, sq_boft = sq_lora + g_l ** 2, sq_boft + g_b ** 2
-            lam = next_lambda(float(layer.lam), g_l, g_b, self.options)
+        layers = self.hybrid_layers()
+        if not layers:
+            return
+        # Every norm in one tensor, read back in one transfer rather than one sync per layer; the
+        # pairs go to one device first, since a device map may spread layers over several GPUs.
+        pairs = [torch.stack([_sq_norm(l.lora_parameters(), l.lam), _sq_norm(l.boft_parameters(), l.lam)])
+                 for l in layers.values()]
+        sq = torch.stack([p.to(pairs[0].device) for p in pairs]).cpu()
+        for (name, layer), (sq_l, sq_b) in zip(layers.items(), sq.tolist()):
+            lam = next_lambda(float(layer.lam), math.sqrt(sq_l), math.sqrt(sq_b), self.options)
+            # Log the value the buffer holds (rounded to its dtype), so the history, diagnostics()
+            # and a reloaded adapter all agree exactly.
+            lam = torch.tensor(lam, dtype=layer.lam.dtype).item()
             layer.lam.fill_(lam)
-            self.lambda_history[name].append(lam)
-        self._last = {"grad_norm_lora": math.sqrt(sq_lora), "grad_norm_boft": math.sqrt(sq_boft)}
+            self.lambda_history.setdefault(name, []).append(lam)
+        total = sq.sum(0).sqrt().tolist()
+        self._norms = {"grad_norm_lora": total[0], "grad_norm_boft": total[1]}
 
     def lambdas(self) -> dict[str, float]:
-        return {n: float(l.lam) for n, l in self.adapter_layers().items()}
+        return {n: float(l.lam) for n, l in self.hybrid_layers().items()}
 
     def diagnostics(self) -> dict:
-        return {**super().diagnostics(), "lambda": self.lambdas(), **self._last}
-
+        return {**super().diagnostics(), "lambda": self.lambdas(), **self._norms}

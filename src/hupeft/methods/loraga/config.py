@@ -11,16 +11,22 @@ from ..base import MethodError, MethodOptions
 @dataclass
 class LoraGAOptions(MethodOptions):
     r: int = 16
-    """Rank of the update (the paper: 16)."""
+    """Rank of the update (the paper: 16). LoRA-GA takes 2r singular vectors, so 2r must not
+    exceed min(d_out, d_in) of any targeted layer."""
     alpha: float = 32.0
-    """Scale numerator (the paper: 32); the scale is alpha/sqrt(r) with rsLoRA, else alpha/r."""
+    """Scale numerator (the paper: 32): the update is multiplied by alpha/sqrt(r) with rsLoRA,
+    else by alpha/r."""
     use_rslora: bool = True
-    """rsLoRA scaling alpha/sqrt(r), as the official LoRA-GA code uses."""
+    """rsLoRA's scale alpha/sqrt(r), which LoRA-GA's stable-scale analysis assumes; False gives
+    alpha/r, as the official repository's example configs (PEFT's default) run it."""
     stable_gamma: float = 16.0
-    """gamma of the official "stable" scaling: A0 and B0 are multiplied by d_out^(1/4)/sqrt(gamma)."""
+    """gamma of the official "stable" scale: A0 and B0 are multiplied by d_out^(1/4)/sqrt(gamma)
+    (the official default: 16). Larger gamma: a smaller start, closer to plain LoRA."""
     init_batches: int = 8
-    """Most batches the gradient estimate averages over (the run passes its own init batches; this
-    caps how many are used)."""
+    """How many of the init batches the gradient estimate averages over (the first ones; the
+    run supplies them). More batches: a less noisy G, at one forward+backward each. The official
+    repository's experiment config uses 8 batches of 1 (conf/init/gradient.yaml); its PEFT
+    config defaults to 64 batches of 2."""
 
     @property
     def scaling(self) -> float:
@@ -28,6 +34,12 @@ class LoraGAOptions(MethodOptions):
 
     def validate(self) -> None:
         if self.r <= 0:
-            raise MethodError(f"LoRA-GA rank r must be > 0, got {self.r}; pass r=16 (the paper's) or another positive int")
-        if self.alpha <= 0 or self.stable_gamma <= 0 or self.init_batches <= 0:
-            raise MethodError("LoRA-GA alpha, stable_gamma and init_batches must be > 0")
+            raise MethodError(f"LoRA-GA rank r must be > 0, got {self.r}; "
+                              "pass r=16 (the paper's) or another positive int")
+        if self.alpha <= 0:
+            raise MethodError(f"LoRA-GA alpha must be > 0, got {self.alpha}; pass alpha=32 (the paper's)")
+        if self.stable_gamma <= 0:
+            raise MethodError(f"LoRA-GA stable_gamma must be > 0, got {self.stable_gamma}; "
+                              "pass 16 (the official default)")
+        if self.init_batches <= 0:
+            raise MethodError(f"LoRA-GA init_batches must be >= 1, got {self.init_batches}; pass 8 (the default)")

@@ -1,0 +1,189 @@
+"""The hybrid: identity at start for any lambda, counts, the rotation under training, lambda's rules
+and log, persistence of lambda with the adapter."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from conftest import lm_batch, make_tiny
+from hupeft import methods
+from hupeft.methods import MethodError
+from hupeft.methods.hybrid import HybridOptions, next_lambda
+
+D, LAYERS, TARGETS = 64, 2, 2  # tiny-llama: width 64, 2 layers, q_proj and v_proj (64 x 64)
+INIT = [lm_batch(seed=100)]
+
+
+@pytest.fixture(scope="module")
+def base():
+    return make_tiny()
+
+
+def hybrid(base, **options):
+    return methods.apply(copy.deepcopy(base), "hybrid", init_batches=INIT, **options)
+
+
+@torch.no_grad()
+def logits(model, batch):
+    model.eval()
+    return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+def train(adapted, steps: int, lr: float = 1e-2, batch_size: int = 2) -> None:
+    """The training loop's protocol: backward, before_step, optimizer.step, after_step."""
+    adapted.model.train()
+    opt = torch.optim.AdamW(adapted.trainable_parameters().values(), lr=lr)
+    for i in range(steps):
+        adapted.model(**lm_batch(seed=i % 5, batch=batch_size)).loss.backward()
+        adapted.before_step()
+        opt.step()
+        adapted.after_step()
+        opt.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("lam", [0.2, 0.5, 0.9])
+def test_outputs_at_step0_equal_base_for_any_lambda(base, lam):
+    batch = lm_batch(seed=5)
+    adapted = hybrid(base, lambda_init=lam)
+    assert all(float(l.lam) == pytest.approx(lam) for l in adapted.adapter_layers().values())
+    assert (logits(adapted.model, batch) - logits(base, batch)).abs().max().item() <= 1e-5
+
+
+def test_only_adapter_parameters_get_gradients_in_both_branches(base):
+    adapted = hybrid(base)
+    adapted.model.train()
+    adapted.model(**lm_batch(seed=1)).loss.backward()
+    got = {n for n, p in adapted.model.named_parameters() if p.grad is not None}
+    assert got == set(adapted.trainable_parameters())
+    assert all(n.endswith(("lora_A", "lora_B", "rotation.theta")) for n in got)
+    for layer in adapted.adapter_layers().values():
+        assert layer.rotation.theta.grad.abs().sum() > 0 and layer.lora_B.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("r,m,b", [(16, 3, 8), (4, 1, 4), (8, 2, 16)])
+def test_trainable_count_closed_form(base, r, m, b):
+    adapted = hybrid(base, r=r, n_factors=m, block_size=b)
+    d_in = d_out = D
+    lora = r * (d_in + d_out)
+    butterfly = m * (d_out // b) * (b * (b - 1) // 2)  # one skew triangle per block per factor
+    assert adapted.num_trainable() == LAYERS * TARGETS * (lora + butterfly)
+
+
+def test_hundred_large_steps_keep_rotation_orthogonal_and_lambda_logged(base):
+    steps = 100
+    adapted = hybrid(base)
+    train(adapted, steps, lr=0.5)
+    names = set(adapted.adapter_layers())
+    for name, layer in adapted.adapter_layers().items():
+        assert layer.rotation.theta.abs().max() > 0.5  # the rotation really moved
+        assert layer.orthogonality_error() <= 1e-5
+        r = layer.rotation.matrix().double()
+        assert (r.T @ r - torch.eye(D, dtype=r.dtype)).abs().max().item() <= 1e-5
+    assert set(adapted.lambda_history) == names
+    assert all(len(v) == steps for v in adapted.lambda_history.values())
+    assert all(0.0 <= x <= 1.0 for v in adapted.lambda_history.values() for x in v)
+    diag = adapted.diagnostics()
+    assert set(diag["lambda"]) == names
+    assert diag["lambda"] == {n: v[-1] for n, v in adapted.lambda_history.items()}
+    assert diag["orthogonality_error"] <= 1e-5
+    assert diag["grad_norm_lora"] > 0 and diag["grad_norm_boft"] > 0
+
+
+@pytest.mark.parametrize("rule", ["paper", "normalized"])
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_before_step_applies_the_rule_to_each_layers_norms(base, rule, ema):
+    # lambda_min=0: the LoRA-GA branch's gradient dominates here, and a clamp would hide the rule.
+    adapted = hybrid(base, lambda_rule=rule, lambda_ema=ema, lambda_init=0.3, lambda_min=0.0)
+    adapted.model(**lm_batch(seed=1)).loss.backward()
+    expected, sq = {}, [0.0, 0.0]
+    for name, layer in adapted.adapter_layers().items():
+        g = [math.sqrt(sum(float(p.grad.pow(2).sum()) for p in ps))
+             for ps in (layer.lora_parameters(), layer.boft_parameters())]
+        sq = [sq[0] + g[0] ** 2, sq[1] + g[1] ** 2]
+        if rule == "normalized":
+            g = [g[0] / 0.3, g[1] / 0.7]
+        target = g[0] / (g[0] + g[1])
+        expected[name] = ema * 0.3 + (1 - ema) * target
+    adapted.before_step()
+    got = adapted.diagnostics()
+    assert got["lambda"] == pytest.approx(expected, rel=1e-5)
+    assert len(set(round(v, 6) for v in got["lambda"].values())) > 1  # per layer, not one global
+    assert got["grad_norm_lora"] == pytest.approx(math.sqrt(sq[0]), rel=1e-5)
+    assert got["grad_norm_boft"] == pytest.approx(math.sqrt(sq[1]), rel=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["paper", "normalized"])
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+@pytest.mark.parametrize("zeroed", ["lora", "boft"])
+def test_zeroing_one_branch_moves_lambda_towards_the_other(base, rule, ema, zeroed):
+    adapted = hybrid(base, lambda_rule=rule, lambda_ema=ema)
+    adapted.model(**lm_batch(seed=1)).loss.backward()
+    for layer in adapted.adapter_layers().values():
+        for p in (layer.lora_parameters() if zeroed == "lora" else layer.boft_parameters()):
+            p.grad = torch.zeros_like(p)
+    before = adapted.lambdas()
+    adapted.before_step()
+    after = adapted.lambdas()
+    # lambda weighs LoRA-GA: no LoRA gradient makes the rule's target 0 (clamped at lambda_min),
+    # no BOFT gradient makes it 1 (clamped at 1 - lambda_min); EMA 0.5 goes halfway.
+    lo, hi = adapted.options.lambda_min, 1 - adapted.options.lambda_min
+    goal = 0.0 if zeroed == "lora" else 1.0
+    for name, lam in before.items():
+        assert after[name] == pytest.approx(min(max(ema * lam + (1 - ema) * goal, lo), hi), abs=1e-6)
+        assert abs(after[name] - goal) < abs(lam - goal) - 0.2
+
+
+def test_rules_closed_form():
+    paper = HybridOptions(lambda_min=0.0)
+    assert next_lambda(0.5, 3.0, 1.0, paper) == pytest.approx(0.75)
+    assert next_lambda(0.2, 3.0, 1.0, paper) == pytest.approx(0.75)  # the printed rule ignores lambda
+    norm = HybridOptions(lambda_rule="normalized", lambda_min=0.0)
+    assert next_lambda(0.2, 3.0, 1.0, norm) == pytest.approx(15 / 16.25)  # 3/0.2 = 15, 1/0.8 = 1.25
+    # Each branch's gradient is its raw strength times its weight: g_LoRA = lambda * G_L,
+    # g_BOFT = (1 - lambda) * G_B. With G_L = 2 G_B the printed rule compounds the advantage
+    # step after step up to 1 (its feedback); the normalized rule settles at G_L / (G_L + G_B).
+    lam_p = lam_n = 0.5
+    for _ in range(60):
+        lam_p = next_lambda(lam_p, 2.0 * lam_p, 1.0 * (1 - lam_p), paper)
+        lam_n = next_lambda(lam_n, 2.0 * lam_n, 1.0 * (1 - lam_n), norm)
+    assert lam_p > 0.999 and lam_n == pytest.approx(2 / 3)
+    ema = HybridOptions(lambda_ema=0.9, lambda_min=0.0)
+    assert next_lambda(0.5, 1.0, 0.0, ema) == pytest.approx(0.9 * 0.5 + 0.1 * 1.0)
+    clamp = HybridOptions()  # lambda_min = 0.01
+    assert next_lambda(0.5, 1.0, 0.0, clamp) == pytest.approx(0.99)
+    assert next_lambda(0.5, 0.0, 1.0, clamp) == pytest.approx(0.01)
+    assert next_lambda(0.3, 0.0, 0.0, paper) == pytest.approx(0.3)  # no gradient at all: unchanged
+
+
+@pytest.mark.parametrize("rule,ema", [("paper", 0.0), ("normalized", 0.9)])
+def test_save_load_and_merge_reproduce_outputs_and_lambda(base, tmp_path, rule, ema):
+    adapted = hybrid(base, lambda_rule=rule, lambda_ema=ema)
+    train(adapted, 4)
+    lambdas = adapted.lambdas()
+    assert all(abs(v - 0.5) > 1e-4 for v in lambdas.values())  # lambda moved off its start
+    batch = lm_batch(seed=7)
+    trained = logits(adapted.model, batch)
+    adapted.save(tmp_path / "ckpt")
+    reloaded = methods.load(copy.deepcopy(base), tmp_path / "ckpt")
+    assert reloaded.options == adapted.options
+    assert reloaded.lambdas() == lambdas
+    assert torch.equal(logits(reloaded.model, batch), trained)
+    got = logits(adapted.merge(), batch)
+    assert ((got - trained).norm() / trained.norm()).item() <= 1e-4
+
+
+def test_option_errors(base):
+    with pytest.raises(MethodError, match="lambda_rule must be one of"):
+        methods.apply(copy.deepcopy(base), "hybrid", lambda_rule="mean")
+    with pytest.raises(MethodError, match=r"lambda_min must be in \[0, 0.5\)"):
+        methods.apply(copy.deepcopy(base), "hybrid", lambda_min=0.5)
+    with pytest.raises(MethodError, match="lambda_init must be in"):
+        methods.apply(copy.deepcopy(base), "hybrid", lambda_init=1.0)
+    with pytest.raises(MethodError, match="lambda_ema must be in"):
+        methods.apply(copy.deepcopy(base), "hybrid", lambda_ema=1.0)
+    with pytest.raises(MethodError, match=r"q_proj \(rotated width d_out\): block_size 6 does not divide"):
+        methods.apply(copy.deepcopy(base), "hybrid", block_size=6)
