@@ -1,0 +1,172 @@
+"""GLUE SST-2, QNLI, MNLI and QQP, and the classification scorer they share with XNLI.
+
+With a causal LM a prediction is the label word whose tokens have the highest summed
+log-likelihood after the prompt (no free generation, so every answer is a valid label); with
+a sequence-classification head it is the argmax of the logits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import scoring, synthetic
+from .base import Benchmark, BenchmarkError, Offline, model_device, model_max_positions
+
+
+class ClassificationBenchmark(Benchmark):
+    kind = "classification"
+    metrics = ["accuracy"]
+    text_fields: tuple[str, ...] = ()
+    template = ""
+
+    def label(self, example: dict) -> int:
+        return int(example["label"])
+
+    def format_causal(self, example):
+        prompt = self.template.format(**{k: example[k] for k in self.text_fields})
+        return prompt, " " + self.label_words[self.label(example)]
+
+    def format_seqcls(self, example):
+        texts = [example[k] for k in self.text_fields]
+        return texts[0], (texts[1] if len(texts) > 1 else None), self.label(example)
+
+    def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
+                 n_samples=None, temperature=None, progress=True):
+        examples = [e for e in examples if self.label(e) >= 0]  # GLUE test rows carry label -1
+        if not examples:
+            raise BenchmarkError(f"{self.name}: no labelled examples to evaluate; pass a split with labels")
+        predict = predict_seqcls if task == "seq-cls" else predict_causal
+        preds = predict(self, model, tokenizer, examples, batch_size, progress)
+        labels = [self.label(e) for e in examples]
+        out = {"accuracy": scoring.accuracy(preds, labels)}
+        if "f1" in self.metrics:
+            out["f1"] = scoring.f1_binary(preds, labels, positive=1)
+        return out
+
+
+@torch.no_grad()
+def predict_causal(bench, model, tokenizer, examples, batch_size, progress) -> list[int]:
+    """Label ids by the summed log-likelihood of each label word after the prompt."""
+    from tqdm.auto import tqdm
+
+    device, limit = model_device(model), model_max_positions(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    words = [tokenizer.encode(" " + w, add_special_tokens=False) for w in bench.label_words]
+    was_training = model.training
+    model.eval()
+    preds = []
+    for start in tqdm(range(0, len(examples), batch_size), desc=f"score {bench.name}", disable=not progress,
+                      leave=False):
+        rows = []  # (prompt ids, label ids), one row per example x label word
+        for ex in examples[start:start + batch_size]:
+            p = tokenizer.encode(bench.format_causal(ex)[0], add_special_tokens=True)
+            for w in words:
+                rows.append((p[-max(1, limit - len(w)):], w))
+        width = max(len(p) + len(w) for p, w in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (p, w) in enumerate(rows):
+            ids[i, :len(p) + len(w)] = torch.tensor(p + w)
+            mask[i, :len(p) + len(w)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        scores = []
+        for i, (p, w) in enumerate(rows):
+            # Position t predicts token t+1: the label tokens are predicted from len(p)-1 on.
+            pos = torch.arange(len(p) - 1, len(p) + len(w) - 1, device=logits.device)
+            logp = torch.log_softmax(logits[i, pos], dim=-1)
+            scores.append(logp.gather(1, torch.tensor(w, device=logits.device)[:, None]).sum().item())
+        k = len(words)
+        preds.extend(max(range(k), key=lambda j: scores[r + j]) for r in range(0, len(scores), k))
+    model.train(was_training)
+    return preds
+
+
+@torch.no_grad()
+def predict_seqcls(bench, model, tokenizer, examples, batch_size, progress) -> list[int]:
+    from tqdm.auto import tqdm
+
+    device, limit = model_device(model), min(512, model_max_positions(model, 512))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    preds = []
+    for start in tqdm(range(0, len(examples), batch_size), desc=f"score {bench.name}", disable=not progress,
+                      leave=False):
+        # Only input_ids, as in training (hupeft.data.encode), so both see the same inputs.
+        encoded = []
+        for ex in examples[start:start + batch_size]:
+            text, pair, _ = bench.format_seqcls(ex)
+            encoded.append(list(tokenizer(text, pair, truncation=True, max_length=limit)["input_ids"]))
+        width = max(len(x) for x in encoded)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, x in enumerate(encoded):
+            ids[i, :len(x)], mask[i, :len(x)] = torch.tensor(x), 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        preds.extend(logits.argmax(-1).tolist())
+    model.train(was_training)
+    return preds
+
+
+class Glue(ClassificationBenchmark):
+    hub_id = "nyu-mll/glue"
+    hub_splits = {"train": "train", "validation": "validation"}
+    splits = {"train": "train", "eval": "validation"}
+
+    def __init__(self, task: str):
+        self.task = task
+        self.name, self.folder, self.hub_config = f"glue/{task}", task, task
+        self.display = f"GLUE {task.upper() if task != 'sst2' else 'SST-2'}"
+
+    def offline(self, split):
+        rows = synthetic.glue(self.task, "train" if split == "train" else "eval")
+        return Offline(rows, f"synthetic-{self.task}", True,
+                       f"synthetic {self.display}-style data ({len(rows)} generated rows, fixed seed; "
+                       f"{synthetic.GLUE_WHAT[self.task]}), not the real {self.display}")
+
+
+class SST2(Glue):
+    label_words = ["negative", "positive"]
+    text_fields = ("sentence",)
+    template = "Review: {sentence}\nSentiment:"
+    fields = 'rows {"sentence": str, "label": 0|1 (1 = positive)}'
+
+    def __init__(self):
+        super().__init__("sst2")
+
+
+class QNLI(Glue):
+    label_words = ["yes", "no"]  # 0 = entailment: the sentence answers the question
+    text_fields = ("question", "sentence")
+    template = "Question: {question}\nSentence: {sentence}\nDoes the sentence answer the question? Answer:"
+    fields = 'rows {"question": str, "sentence": str, "label": 0|1 (0 = entailment)}'
+
+    def __init__(self):
+        super().__init__("qnli")
+
+
+class MNLI(Glue):
+    label_words = ["yes", "maybe", "no"]  # entailment, neutral, contradiction
+    text_fields = ("premise", "hypothesis")
+    template = "Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis? Answer:"
+    fields = 'rows {"premise": str, "hypothesis": str, "label": 0|1|2 (entailment, neutral, contradiction)}'
+    hub_splits = {"train": "train", "validation_matched": "validation_matched",
+                  "validation_mismatched": "validation_mismatched"}
+    splits = {"train": "train", "eval": "validation_matched"}
+
+    def __init__(self):
+        super().__init__("mnli")
+
+
+class QQP(Glue):
+    label_words = ["no", "yes"]  # 1 = duplicate
+    metrics = ["accuracy", "f1"]
+    text_fields = ("question1", "question2")
+    template = "Question 1: {question1}\nQuestion 2: {question2}\nDo both questions ask the same thing? Answer:"
+    fields = 'rows {"question1": str, "question2": str, "label": 0|1 (1 = duplicate)}'
+
+    def __init__(self):
+        super().__init__("qqp")
+
+
+GLUE = {"glue/sst2": SST2, "glue/mnli": MNLI, "glue/qqp": QQP, "glue/qnli": QNLI}

@@ -1,0 +1,279 @@
+"""Small generated data sets for running offline: GLUE-, XNLI- and translation-style.
+
+They exist so every benchmark runs with no network and no data folder. They are not the real
+benchmarks, and every Split built from them says so (synthetic=True and the description).
+Each is built from templates and word lists with a fixed seed, so a split is the same on
+every machine; the train split and the evaluation split use different seeds and, where the
+templates allow it, disjoint combinations. Labels follow from how the text was built, so a
+small model can learn them.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+import re
+import zlib
+
+TRAIN_SIZE, EVAL_SIZE = 400, 200
+
+GLUE_WHAT = {
+    "sst2": "template sentences with positive or negative words",
+    "qnli": "questions about a person and sentences that do or do not state the asked fact",
+    "mnli": "premise/hypothesis pairs from templates with entailment, neutral and contradiction",
+    "qqp": "question pairs that paraphrase one intent or ask different things",
+}
+
+
+def _rng(*parts: str) -> random.Random:
+    return random.Random(zlib.crc32("/".join(parts).encode()))
+
+
+def _size(split: str) -> int:
+    return TRAIN_SIZE if split == "train" else EVAL_SIZE
+
+
+def glue(task: str, split: str) -> list[dict]:
+    return list(_GLUE[task](split))
+
+
+# --- SST-2 --------------------------------------------------------------------------------
+
+POSITIVE = ["wonderful", "delightful", "moving", "brilliant", "charming", "funny", "gripping", "beautiful",
+            "clever", "heartfelt", "superb", "engaging", "touching", "fresh", "stunning", "warm"]
+NEGATIVE = ["boring", "dull", "awful", "clumsy", "tedious", "bland", "painful", "silly", "lifeless", "messy",
+            "forgettable", "tiresome", "shallow", "annoying", "dreadful", "flat"]
+NOUNS = ["film", "movie", "story", "script", "cast", "ending", "plot", "performance", "soundtrack", "direction",
+         "dialogue", "premise"]
+SST2_TEMPLATES = ["the {noun} is {adj} .", "a {adj} {noun} .", "what a {adj} {noun} !",
+                  "the {noun} is {adj} and {adj2} .", "a {adj} , {adj2} {noun} .",
+                  "i found the {noun} {adj} from start to finish .", "the {noun} feels {adj} .",
+                  "it is not {opp} ; the {noun} is {adj} ."]
+
+
+@functools.lru_cache(maxsize=None)
+def _sst2(split: str) -> tuple:
+    rng = _rng("sst2", split)
+    rows = []
+    for i in range(_size(split)):
+        label = rng.randrange(2)
+        same, other = (POSITIVE, NEGATIVE) if label else (NEGATIVE, POSITIVE)
+        adj, adj2 = rng.sample(same, 2)
+        text = rng.choice(SST2_TEMPLATES).format(noun=rng.choice(NOUNS), adj=adj, adj2=adj2, opp=rng.choice(other))
+        text = re.sub(r"\ba ([aeiou])", r"an \1", text)  # "a engaging" -> "an engaging"
+        rows.append({"sentence": text, "label": label, "idx": i})
+    return tuple(rows)
+
+
+# --- QNLI -----------------------------------------------------------------------------------
+
+PEOPLE = ["Anna", "David", "Maria", "Juma", "Amina", "Peter", "Sofia", "Omar", "Lina", "Carlos", "Mei", "Tom"]
+FACTS = {  # attribute -> (question, sentence, values)
+    "city": ("Where does {p} live?", "{p} lives in {v}.",
+             ["Paris", "Nairobi", "Lima", "Oslo", "Cairo", "Hanoi", "Toronto", "Madrid"]),
+    "job": ("What is {p}'s job?", "{p} works as a {v}.",
+            ["teacher", "doctor", "farmer", "pilot", "baker", "nurse", "painter", "lawyer"]),
+    "year": ("When was {p} born?", "{p} was born in {v}.", ["1961", "1974", "1980", "1988", "1993", "2001"]),
+    "pet": ("What pet does {p} have?", "{p} has a pet {v}.", ["dog", "cat", "parrot", "rabbit", "horse", "fish"]),
+    "sport": ("Which sport does {p} play?", "{p} plays {v} every weekend.",
+              ["football", "tennis", "chess", "basketball", "golf", "volleyball"]),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _qnli(split: str) -> tuple:
+    rng = _rng("qnli", split)
+    rows = []
+    for i in range(_size(split)):
+        person, attr = rng.choice(PEOPLE), rng.choice(sorted(FACTS))
+        question = FACTS[attr][0].format(p=person)
+        label = rng.randrange(2)
+        if label == 0:  # the sentence states the asked fact
+            s_person, s_attr = person, attr
+        elif rng.random() < 0.5:  # the same person, another fact
+            s_person, s_attr = person, rng.choice([a for a in FACTS if a != attr])
+        else:  # the asked fact, about someone else
+            s_person, s_attr = rng.choice([p for p in PEOPLE if p != person]), attr
+        sentence = FACTS[s_attr][1].format(p=s_person, v=rng.choice(FACTS[s_attr][2]))
+        rows.append({"question": question, "sentence": sentence, "label": label, "idx": i})
+    return tuple(rows)
+
+
+# --- MNLI and XNLI ----------------------------------------------------------------------------
+
+# Per language: the activities ("is reading"), places ("in the park"), and the sentence frames.
+NLI = {
+    "en": {"acts": ["is reading", "is singing", "is writing", "is eating", "is sleeping", "is working",
+                    "is dancing", "is playing"],
+           "places": ["in the park", "in the kitchen", "at school", "in the library", "at the market", "at home",
+                      "at the beach"],
+           "premise": "{n} {a} {p}.", "is": "{n} is {p}.", "someone": "Someone {a}.", "not": "{n} is not {p}.",
+           "friend": "{n} {a} with a friend.", "dog": "{n} has a dog.", "music": "{n} likes music."},
+    "de": {"acts": ["liest", "singt", "schreibt", "isst", "schläft", "arbeitet", "tanzt", "spielt"],
+           "places": ["im Park", "in der Küche", "in der Schule", "in der Bibliothek", "auf dem Markt", "zu Hause",
+                      "am Strand"],
+           "premise": "{n} {a} {p}.", "is": "{n} ist {p}.", "someone": "Jemand {a}.", "not": "{n} ist nicht {p}.",
+           "friend": "{n} {a} mit einem Freund.", "dog": "{n} hat einen Hund.", "music": "{n} mag Musik."},
+    "fr": {"acts": ["lit", "chante", "écrit", "mange", "dort", "travaille", "danse", "joue"],
+           "places": ["dans le parc", "dans la cuisine", "à l'école", "à la bibliothèque", "au marché",
+                      "à la maison", "à la plage"],
+           "premise": "{n} {a} {p}.", "is": "{n} est {p}.", "someone": "Quelqu'un {a}.",
+           "not": "{n} n'est pas {p}.", "friend": "{n} {a} avec un ami.", "dog": "{n} a un chien.",
+           "music": "{n} aime la musique."},
+    "es": {"acts": ["está leyendo", "está cantando", "está escribiendo", "está comiendo", "está durmiendo",
+                    "está trabajando", "está bailando", "está jugando"],
+           "places": ["en el parque", "en la cocina", "en la escuela", "en la biblioteca", "en el mercado",
+                      "en casa", "en la playa"],
+           "premise": "{n} {a} {p}.", "is": "{n} está {p}.", "someone": "Alguien {a}.", "not": "{n} no está {p}.",
+           "friend": "{n} {a} con un amigo.", "dog": "{n} tiene un perro.", "music": "A {n} le gusta la música."},
+    "sw": {"acts": ["anasoma", "anaimba", "anaandika", "anakula", "analala", "anafanya kazi", "anacheza dansi",
+                    "anacheza"],
+           "places": ["bustanini", "jikoni", "shuleni", "maktabani", "sokoni", "nyumbani", "ufukweni"],
+           "premise": "{n} {a} {p}.", "is": "{n} yuko {p}.", "someone": "Mtu {a}.", "not": "{n} hayuko {p}.",
+           "friend": "{n} {a} na rafiki.", "dog": "{n} ana mbwa.", "music": "{n} anapenda muziki."},
+}
+NLI_LANGS = tuple(NLI)
+
+
+@functools.lru_cache(maxsize=None)
+def nli(lang: str, split: str, size: int | None = None) -> tuple:
+    """Premise/hypothesis pairs in `lang`: 0 entailment, 1 neutral, 2 contradiction."""
+    w = NLI[lang]
+    rng = _rng("nli", lang, split)
+    rows = []
+    for _ in range(size or _size(split)):
+        name, a = rng.choice(PEOPLE), rng.randrange(len(w["acts"]))
+        p = rng.randrange(len(w["places"]))
+        act, place = w["acts"][a], w["places"][p]
+        premise = w["premise"].format(n=name, a=act, p=place)
+        label = rng.randrange(3)
+        if label == 0:
+            hyp = rng.choice([w["is"].format(n=name, p=place), w["someone"].format(a=act)])
+        elif label == 1:
+            hyp = rng.choice([w["friend"].format(n=name, a=act), w["dog"].format(n=name),
+                              w["music"].format(n=name)])
+        else:  # not there, or somewhere else at the same time
+            other = w["places"][rng.choice([i for i in range(len(w["places"])) if i != p])]
+            hyp = rng.choice([w["not"].format(n=name, p=place), w["is"].format(n=name, p=other)])
+        rows.append({"premise": premise, "hypothesis": hyp[0].upper() + hyp[1:], "label": label})
+    return tuple(rows)
+
+
+# --- QQP ----------------------------------------------------------------------------------
+
+TOPICS = ["python", "guitar", "spanish", "chess", "cooking", "photography", "swimming", "statistics", "drawing",
+          "machine learning", "public speaking", "yoga"]
+INTENTS = [
+    ["How do I learn {t}?", "What is the best way to learn {t}?", "How can I get started with {t}?"],
+    ["Why is {t} so popular?", "What makes {t} popular?", "Why do so many people like {t}?"],
+    ["How long does it take to get good at {t}?", "How many months are needed to become good at {t}?",
+     "How much time does it take to master {t}?"],
+    ["Can I earn money with {t}?", "Is it possible to make a living from {t}?", "How do people make money from {t}?"],
+    ["What are good books about {t}?", "Which books should I read about {t}?", "Can you recommend books on {t}?"],
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _qqp(split: str) -> tuple:
+    rng = _rng("qqp", split)
+    rows = []
+    for i in range(_size(split)):
+        intent, topic = rng.randrange(len(INTENTS)), rng.choice(TOPICS)
+        q1 = rng.choice(INTENTS[intent]).format(t=topic)
+        label = rng.randrange(2)
+        if label == 1:  # the same intent and topic, said another way
+            q2 = rng.choice([q for q in INTENTS[intent] if q.format(t=topic) != q1]).format(t=topic)
+        elif rng.random() < 0.5:  # the same intent about another topic
+            q2 = rng.choice(INTENTS[intent]).format(t=rng.choice([t for t in TOPICS if t != topic]))
+        else:  # another intent about the same topic
+            q2 = rng.choice(INTENTS[rng.choice([j for j in range(len(INTENTS)) if j != intent])]).format(t=topic)
+        rows.append({"question1": q1, "question2": q2, "label": label, "idx": i})
+    return tuple(rows)
+
+
+_GLUE = {"sst2": _sst2, "qnli": _qnli, "mnli": lambda split: nli("en", split), "qqp": _qqp}
+
+
+# --- translation ----------------------------------------------------------------------------
+
+# Plural subjects, present-tense plural verbs and plural objects keep the grammar regular:
+# German "die", French "les" throughout; Spanish and Swahili entries carry their own forms.
+LEXICON = {
+    "subjects": [
+        {"eng_Latn": "the children", "deu_Latn": "die Kinder", "fra_Latn": "les enfants", "spa_Latn": "los niños",
+         "swh_Latn": "watoto"},
+        {"eng_Latn": "the women", "deu_Latn": "die Frauen", "fra_Latn": "les femmes", "spa_Latn": "las mujeres",
+         "swh_Latn": "wanawake"},
+        {"eng_Latn": "the men", "deu_Latn": "die Männer", "fra_Latn": "les hommes", "spa_Latn": "los hombres",
+         "swh_Latn": "wanaume"},
+        {"eng_Latn": "the teachers", "deu_Latn": "die Lehrer", "fra_Latn": "les enseignants",
+         "spa_Latn": "los profesores", "swh_Latn": "walimu"},
+        {"eng_Latn": "the farmers", "deu_Latn": "die Bauern", "fra_Latn": "les agriculteurs",
+         "spa_Latn": "los agricultores", "swh_Latn": "wakulima"},
+        {"eng_Latn": "the students", "deu_Latn": "die Studenten", "fra_Latn": "les étudiants",
+         "spa_Latn": "los estudiantes", "swh_Latn": "wanafunzi"},
+    ],
+    "verbs": [
+        {"eng_Latn": "see", "deu_Latn": "sehen", "fra_Latn": "voient", "spa_Latn": "ven", "swh_Latn": "wanaona"},
+        {"eng_Latn": "buy", "deu_Latn": "kaufen", "fra_Latn": "achètent", "spa_Latn": "compran",
+         "swh_Latn": "wananunua"},
+        {"eng_Latn": "sell", "deu_Latn": "verkaufen", "fra_Latn": "vendent", "spa_Latn": "venden",
+         "swh_Latn": "wanauza"},
+        {"eng_Latn": "carry", "deu_Latn": "tragen", "fra_Latn": "portent", "spa_Latn": "llevan",
+         "swh_Latn": "wanabeba"},
+        {"eng_Latn": "want", "deu_Latn": "wollen", "fra_Latn": "veulent", "spa_Latn": "quieren",
+         "swh_Latn": "wanataka"},
+        {"eng_Latn": "wash", "deu_Latn": "waschen", "fra_Latn": "lavent", "spa_Latn": "lavan",
+         "swh_Latn": "wanaosha"},
+    ],
+    "objects": [
+        {"eng_Latn": "the books", "deu_Latn": "die Bücher", "fra_Latn": "les livres", "spa_Latn": "los libros",
+         "swh_Latn": "vitabu"},
+        {"eng_Latn": "the apples", "deu_Latn": "die Äpfel", "fra_Latn": "les pommes", "spa_Latn": "las manzanas",
+         "swh_Latn": "matufaha"},
+        {"eng_Latn": "the shoes", "deu_Latn": "die Schuhe", "fra_Latn": "les chaussures", "spa_Latn": "los zapatos",
+         "swh_Latn": "viatu"},
+        {"eng_Latn": "the chairs", "deu_Latn": "die Stühle", "fra_Latn": "les chaises", "spa_Latn": "las sillas",
+         "swh_Latn": "viti"},
+        {"eng_Latn": "the bags", "deu_Latn": "die Taschen", "fra_Latn": "les sacs", "spa_Latn": "las bolsas",
+         "swh_Latn": "mifuko"},
+        {"eng_Latn": "the cups", "deu_Latn": "die Tassen", "fra_Latn": "les tasses", "spa_Latn": "las tazas",
+         "swh_Latn": "vikombe"},
+        {"eng_Latn": "the clothes", "deu_Latn": "die Kleider", "fra_Latn": "les vêtements", "spa_Latn": "la ropa",
+         "swh_Latn": "nguo"},
+        {"eng_Latn": "the fish", "deu_Latn": "die Fische", "fra_Latn": "les poissons", "spa_Latn": "los pescados",
+         "swh_Latn": "samaki"},
+    ],
+    "times": [
+        {"eng_Latn": "today", "deu_Latn": "heute", "fra_Latn": "aujourd'hui", "spa_Latn": "hoy", "swh_Latn": "leo"},
+        {"eng_Latn": "every day", "deu_Latn": "jeden Tag", "fra_Latn": "chaque jour", "spa_Latn": "cada día",
+         "swh_Latn": "kila siku"},
+        {"eng_Latn": "in the morning", "deu_Latn": "am Morgen", "fra_Latn": "le matin",
+         "spa_Latn": "por la mañana", "swh_Latn": "asubuhi"},
+        {"eng_Latn": "at the market", "deu_Latn": "auf dem Markt", "fra_Latn": "au marché",
+         "spa_Latn": "en el mercado", "swh_Latn": "sokoni"},
+        {"eng_Latn": "again", "deu_Latn": "wieder", "fra_Latn": "encore", "spa_Latn": "otra vez", "swh_Latn": "tena"},
+    ],
+}
+PARALLEL_LANGS = ("eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn", "swh_Latn")
+
+
+@functools.lru_cache(maxsize=None)
+def parallel() -> dict[str, tuple]:
+    """Parallel sentences in PARALLEL_LANGS as FLORES-style rows {"id", <code>: sentence, ...}.
+
+    All 1440 subject x verb x object x time combinations are shuffled once with a fixed seed
+    and cut into a "dev" part (TRAIN_SIZE) and a disjoint "devtest" part (the rest)."""
+    combos = list(itertools.product(*(range(len(LEXICON[k])) for k in ("subjects", "verbs", "objects", "times"))))
+    _rng("parallel").shuffle(combos)
+    rows = []
+    for i, (s, v, o, t) in enumerate(combos):
+        row = {"id": i}
+        for lang in PARALLEL_LANGS:
+            words = [LEXICON["subjects"][s][lang], LEXICON["verbs"][v][lang], LEXICON["objects"][o][lang],
+                     LEXICON["times"][t][lang]]
+            text = " ".join(words) + "."
+            row[lang] = text[0].upper() + text[1:]
+        rows.append(row)
+    return {"dev": tuple(rows[:TRAIN_SIZE]), "devtest": tuple(rows[TRAIN_SIZE:])}

@@ -1,0 +1,130 @@
+"""Translation benchmarks: "mtbench" (English -> German, WMT14) and FLORES pairs.
+
+About the name "mtbench": the real MT-Bench is a judged, multi-turn chat benchmark (an LLM
+grades answers to 80 two-turn questions). It is NOT that here. The paper uses the name for
+machine translation scored by BLEU and ROUGE-L, and this benchmark follows the paper's usage:
+English -> German on WMT14 newstest2014 (FLORES-style parallel data), scored by BLEU, chrF++
+and ROUGE-L (all 0-100; see hupeft.benchmarks.scoring).
+
+Neither has a training split of a useful size for few-shot tuning, so `splits["train"]` is
+None and the engine trains on a seeded, disjoint part of the evaluation split.
+"""
+
+from __future__ import annotations
+
+from . import scoring, synthetic
+from .base import Benchmark, BenchmarkError, Offline
+
+LANGUAGES = {
+    "eng_Latn": "English", "deu_Latn": "German", "fra_Latn": "French", "spa_Latn": "Spanish",
+    "swh_Latn": "Swahili", "arb_Arab": "Arabic", "urd_Arab": "Urdu", "zho_Hans": "Chinese",
+    "hau_Latn": "Hausa", "hin_Deva": "Hindi", "por_Latn": "Portuguese", "ita_Latn": "Italian",
+    "rus_Cyrl": "Russian", "jpn_Jpan": "Japanese", "kor_Hang": "Korean", "tur_Latn": "Turkish",
+    "vie_Latn": "Vietnamese", "ben_Beng": "Bengali", "yor_Latn": "Yoruba", "amh_Ethi": "Amharic",
+    "tha_Thai": "Thai", "ell_Grek": "Greek", "bul_Cyrl": "Bulgarian",
+}
+# The pairs names() lists: English into each language the multilingual study uses, and back.
+LISTED = ("deu_Latn", "fra_Latn", "spa_Latn", "swh_Latn", "arb_Arab", "urd_Arab", "zho_Hans", "hau_Latn")
+
+
+class Translation(Benchmark):
+    kind = "generation"
+    metrics = ["bleu", "chrf", "rougeL"]
+    stop = ("\n",)
+    default_max_new_tokens = 128
+    src: str
+    tgt: str
+
+    def source_text(self, example: dict) -> str:
+        raise NotImplementedError
+
+    def target_text(self, example: dict) -> str:
+        raise NotImplementedError
+
+    def format_causal(self, example):
+        s, t = LANGUAGES[self.src], LANGUAGES[self.tgt]
+        return f"Translate {s} to {t}:\n{self.source_text(example)}\n{t}:", f" {self.target_text(example)}"
+
+    def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
+                 n_samples=None, temperature=None, progress=True):
+        from hupeft.generation import generate
+
+        prompts = [self.format_causal(e)[0] for e in examples]
+        outs = generate(model, tokenizer, prompts, max_new_tokens or self.default_max_new_tokens,
+                        batch_size=batch_size, stop=self.stop, progress=progress)
+        hyps = [o[0].strip() for o in outs]
+        refs = [self.target_text(e) for e in examples]
+        return scoring.translation_scores(hyps, refs, latin=self.tgt.endswith("_Latn"))
+
+
+class MTBench(Translation):
+    name, folder, display = "mtbench", "wmt14-de-en", "WMT14 de-en (English -> German)"
+    src, tgt = "eng_Latn", "deu_Latn"
+    hub_id, hub_config = "wmt/wmt14", "de-en"
+    hub_splits = {"train": "train", "validation": "validation", "test": "test"}
+    splits = {"train": None, "eval": "test"}
+    fields = 'rows {"translation": {"de": str, "en": str}}'
+
+    def source_text(self, example):
+        return example["translation"]["en"]
+
+    def target_text(self, example):
+        return example["translation"]["de"]
+
+    def offline(self, split):
+        part = "devtest" if split == "test" else "dev"
+        rows = [{"translation": {"de": r["deu_Latn"], "en": r["eng_Latn"]}} for r in synthetic.parallel()[part]]
+        return Offline(rows, "synthetic-parallel-en-de", True,
+                       f"synthetic English-German sentence pairs ({len(rows)} from templates and a small "
+                       "dictionary, fixed seed), not WMT14")
+
+
+class Flores(Translation):
+    folder = "flores"
+    hub_id = "openlanguagedata/flores_plus"
+    hub_splits = {"dev": "dev", "devtest": "devtest"}
+    splits = {"train": None, "eval": "devtest"}
+
+    def __init__(self, src: str, tgt: str):
+        for code in (src, tgt):
+            if code not in LANGUAGES:
+                raise BenchmarkError(f"unknown FLORES language {code!r}; use codes like eng_Latn, one of "
+                                     f"{', '.join(LANGUAGES)} (e.g. flores/eng_Latn-deu_Latn)")
+        if src == tgt:
+            raise BenchmarkError(f"flores/{src}-{tgt} translates a language into itself; pick two different codes")
+        self.src, self.tgt = src, tgt
+        self.name = f"flores/{src}-{tgt}"
+        self.display = f"FLORES {LANGUAGES[src]} -> {LANGUAGES[tgt]}"
+        self.fields = f'rows {{"id": ..., "{src}": str, "{tgt}": str}} (one field per FLORES code)'
+
+    def source_text(self, example):
+        return example[self.src]
+
+    def target_text(self, example):
+        return example[self.tgt]
+
+    def load(self, split, n=None, seed=0, data_dir=None):
+        data = super().load(split, n=n, seed=seed, data_dir=data_dir)
+        missing = [c for c in (self.src, self.tgt) if data.examples and c not in data.examples[0]]
+        if missing:
+            have = [k for k in data.examples[0] if k in LANGUAGES]
+            raise BenchmarkError(f"{self.name}: {data.source} has no {', '.join(missing)} (it has {', '.join(have)}); "
+                                 "add those fields or pick a pair it has")
+        return data
+
+    def from_hub(self, split):
+        from datasets import load_dataset
+
+        # flores_plus has one config per language; pair them up by sentence id.
+        per_lang = {c: load_dataset(self.hub_id, c, split=split).to_list() for c in (self.src, self.tgt)}
+        tgt = {r["id"]: r["text"] for r in per_lang[self.tgt]}
+        return [{"id": r["id"], self.src: r["text"], self.tgt: tgt[r["id"]]} for r in per_lang[self.src]
+                if r["id"] in tgt]
+
+    def offline(self, split):
+        if self.src not in synthetic.PARALLEL_LANGS or self.tgt not in synthetic.PARALLEL_LANGS:
+            return None
+        rows = [dict(r) for r in synthetic.parallel()[split]]
+        return Offline(rows, "synthetic-parallel", True,
+                       f"synthetic parallel sentences in {', '.join(synthetic.PARALLEL_LANGS)} ({len(rows)} from "
+                       "templates and per-language dictionaries, fixed seed), not FLORES")

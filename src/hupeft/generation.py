@@ -1,0 +1,85 @@
+"""Batched text generation for the generation benchmarks.
+
+    from hupeft.generation import generate
+    outs = generate(model, tokenizer, ["Question: ...\nAnswer:"], max_new_tokens=64)
+    outs[0][0]  # the first completion of the first prompt, cut at the first stop sequence
+
+Prompts are tokenised one by one with `tokenizer.encode` and left-padded by hand, so any
+tokenizer with `encode`/`decode` works, including the tiny models' ByteTokenizer, which has no
+padding of its own. Left padding keeps every prompt's last token in the last column, which is
+where a decoder-only model continues from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+class _StopOnStrings:
+    """Stop a row once its new text contains a stop sequence; generation ends when all rows have."""
+
+    def __init__(self, tokenizer, prompt_len: int, stop: Sequence[str]):
+        self.tokenizer, self.prompt_len, self.stop = tokenizer, prompt_len, tuple(s for s in stop if s)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = [any(s in self.tokenizer.decode(row[self.prompt_len:], skip_special_tokens=True) for s in self.stop)
+                for row in input_ids.tolist()]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def cut(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any stop sequence."""
+    end = len(text)
+    for s in stop:
+        i = text.find(s) if s else -1
+        if i != -1:
+            end = min(end, i)
+    return text[:end]
+
+
+def _max_positions(model) -> int | None:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8,
+             stop: Sequence[str] = ("\n\n",), do_sample: bool = False, temperature: float | None = None,
+             num_return_sequences: int = 1, progress: bool = True) -> list[list[str]]:
+    """`num_return_sequences` completions per prompt (greedy unless do_sample), each cut at `stop`."""
+    from transformers import StoppingCriteriaList
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = 0 if pad_id is None else pad_id
+    limit = _max_positions(model)
+    keep = max(1, limit - max_new_tokens) if limit else None  # longer prompts lose their start
+    was_training = model.training
+    model.eval()
+    outs: list[list[str]] = []
+    sampling = {"do_sample": True, "temperature": temperature or 1.0, "top_k": 0, "top_p": 1.0} \
+        if do_sample else {"do_sample": False}
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
+            encoded = [tokenizer.encode(p, add_special_tokens=True) for p in prompts[start:start + batch_size]]
+            encoded = [ids[-keep:] if keep else ids for ids in encoded]
+            width = max(len(ids) for ids in encoded)
+            input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(encoded), width), dtype=torch.long)
+            for i, ids in enumerate(encoded):
+                input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+                mask[i, width - len(ids):] = 1
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                num_return_sequences=num_return_sequences, use_cache=True, pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
+                stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, width, stop)]), **sampling)
+            texts = [cut(tokenizer.decode(row[width:], skip_special_tokens=True), stop) for row in out.tolist()]
+            # generate() returns the samples of one prompt next to each other.
+            outs.extend(texts[i:i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
+    finally:
+        model.train(was_training)
+    return outs

