@@ -22,10 +22,13 @@ class _StopOnStrings:
 
     def __init__(self, tokenizer, prompt_len: int, stop: Sequence[str]):
         self.tokenizer, self.prompt_len, self.stop = tokenizer, prompt_len, tuple(s for s in stop if s)
+        self.window = 8 + 2 * max((len(s) for s in self.stop), default=0)  # tokens: enough for any stop string
 
     def __call__(self, input_ids, scores, **kwargs):
-        done = [any(s in self.tokenizer.decode(row[self.prompt_len:], skip_special_tokens=True) for s in self.stop)
-                for row in input_ids.tolist()]
+        # Only the last few tokens need decoding: generate() keeps a row finished once it is.
+        tail = max(self.prompt_len, input_ids.shape[1] - self.window)
+        done = [any(s in text for s in self.stop)
+                for text in self.tokenizer.batch_decode(input_ids[:, tail:].tolist(), skip_special_tokens=True)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 

@@ -68,12 +68,13 @@ def predict_causal(bench, model, tokenizer, examples, batch_size, progress) -> l
         for i, (p, w) in enumerate(rows):
             ids[i, :len(p) + len(w)] = torch.tensor(p + w)
             mask[i, :len(p) + len(w)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        # Kept in the model's dtype: only the label positions are cast, not batch x width x vocab.
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         scores = []
         for i, (p, w) in enumerate(rows):
             # Position t predicts token t+1: the label tokens are predicted from len(p)-1 on.
             pos = torch.arange(len(p) - 1, len(p) + len(w) - 1, device=logits.device)
-            logp = torch.log_softmax(logits[i, pos], dim=-1)
+            logp = torch.log_softmax(logits[i, pos].float(), dim=-1)
             scores.append(logp.gather(1, torch.tensor(w, device=logits.device)[:, None]).sum().item())
         k = len(words)
         preds.extend(max(range(k), key=lambda j: scores[r + j]) for r in range(0, len(scores), k))
