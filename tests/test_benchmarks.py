@@ -223,3 +223,17 @@ def test_generate_left_padding_matches_one_by_one(tiny_llama):
     assert [len(o) for o in sampled] == [3, 3]
     assert cut("42\n\nQuestion: next", ("\n\nQuestion:", "\n\n")) == "42"
     assert cut("def f():\n    return 1\ndef g", ("\ndef ",)) == "def f():\n    return 1"
+
+
+@pytest.mark.parametrize("task,classes", [("sst2", 2), ("qnli", 2), ("mnli", 3), ("qqp", 2)])
+def test_synthetic_glue_is_balanced_and_eval_never_repeats_train(task, classes):
+    from collections import Counter
+
+    from hupeft.benchmarks import synthetic
+
+    train, val = synthetic.glue(task, "train"), synthetic.glue(task, "validation")
+    key = synthetic._text
+    assert {key(r) for r in train}.isdisjoint({key(r) for r in val})
+    assert len({key(r) for r in val}) == len(val) == synthetic.EVAL_SIZE
+    counts = Counter(r["label"] for r in val)
+    assert len(counts) == classes and max(counts.values()) - min(counts.values()) <= 1

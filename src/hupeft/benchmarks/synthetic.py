@@ -34,8 +34,37 @@ def _size(split: str) -> int:
     return TRAIN_SIZE if split == "train" else EVAL_SIZE
 
 
+def _text(row: dict) -> tuple:
+    return tuple(v for k, v in row.items() if k not in ("label", "idx"))
+
+
+def _collect(make, name: str, split: str, size: int, classes: int, exclude: frozenset = frozenset()) -> tuple:
+    """`size` rows from `make(rng)` with distinct texts, none in `exclude`, labels balanced.
+
+    Balancing by rejection keeps the classes even although some classes have fewer distinct
+    texts than others (and so lose more draws to the exclusion of training rows)."""
+    rng, seen, rows = _rng(name, split), set(exclude), []
+    while len(rows) < size:
+        row = make(rng)
+        if row["label"] == len(rows) % classes and _text(row) not in seen:
+            seen.add(_text(row))
+            rows.append(row)
+    rng.shuffle(rows)
+    return tuple(rows)
+
+
+@functools.lru_cache(maxsize=None)
+def _glue(task: str, split: str) -> tuple:
+    make, classes = _GLUE[task], 3 if task == "mnli" else 2
+    if split == "train":
+        rows = _collect(make, task, split, TRAIN_SIZE, classes)
+    else:  # evaluation rows never repeat a training row
+        rows = _collect(make, task, split, EVAL_SIZE, classes, frozenset(_text(r) for r in _glue(task, "train")))
+    return tuple(dict(r, idx=i) if task != "mnli" else dict(r) for i, r in enumerate(rows))
+
+
 def glue(task: str, split: str) -> list[dict]:
-    return list(_GLUE[task](split))
+    return [dict(r) for r in _glue(task, split)]
 
 
 # --- SST-2 --------------------------------------------------------------------------------
@@ -52,23 +81,19 @@ SST2_TEMPLATES = ["the {noun} is {adj} .", "a {adj} {noun} .", "what a {adj} {no
                   "it is not {opp} ; the {noun} is {adj} ."]
 
 
-@functools.lru_cache(maxsize=None)
-def _sst2(split: str) -> tuple:
-    rng = _rng("sst2", split)
-    rows = []
-    for i in range(_size(split)):
-        label = rng.randrange(2)
-        same, other = (POSITIVE, NEGATIVE) if label else (NEGATIVE, POSITIVE)
-        adj, adj2 = rng.sample(same, 2)
-        text = rng.choice(SST2_TEMPLATES).format(noun=rng.choice(NOUNS), adj=adj, adj2=adj2, opp=rng.choice(other))
-        text = re.sub(r"\ba ([aeiou])", r"an \1", text)  # "a engaging" -> "an engaging"
-        rows.append({"sentence": text, "label": label, "idx": i})
-    return tuple(rows)
+def _sst2(rng: random.Random) -> dict:
+    label = rng.randrange(2)
+    same, other = (POSITIVE, NEGATIVE) if label else (NEGATIVE, POSITIVE)
+    adj, adj2 = rng.sample(same, 2)
+    text = rng.choice(SST2_TEMPLATES).format(noun=rng.choice(NOUNS), adj=adj, adj2=adj2, opp=rng.choice(other))
+    text = re.sub(r"\ba ([aeiou])", r"an \1", text)  # "a engaging" -> "an engaging"
+    return {"sentence": text, "label": label}
 
 
 # --- QNLI -----------------------------------------------------------------------------------
 
-PEOPLE = ["Anna", "David", "Maria", "Juma", "Amina", "Peter", "Sofia", "Omar", "Lina", "Carlos", "Mei", "Tom"]
+PEOPLE = ["Anna", "David", "Maria", "Juma", "Amina", "Peter", "Sofia", "Omar", "Lina", "Carlos", "Mei", "Tom",
+          "Fatuma", "Hassan", "Elena", "Kofi"]
 FACTS = {  # attribute -> (question, sentence, values)
     "city": ("Where does {p} live?", "{p} lives in {v}.",
              ["Paris", "Nairobi", "Lima", "Oslo", "Cairo", "Hanoi", "Toronto", "Madrid"]),
@@ -81,23 +106,18 @@ FACTS = {  # attribute -> (question, sentence, values)
 }
 
 
-@functools.lru_cache(maxsize=None)
-def _qnli(split: str) -> tuple:
-    rng = _rng("qnli", split)
-    rows = []
-    for i in range(_size(split)):
-        person, attr = rng.choice(PEOPLE), rng.choice(sorted(FACTS))
-        question = FACTS[attr][0].format(p=person)
-        label = rng.randrange(2)
-        if label == 0:  # the sentence states the asked fact
-            s_person, s_attr = person, attr
-        elif rng.random() < 0.5:  # the same person, another fact
-            s_person, s_attr = person, rng.choice([a for a in FACTS if a != attr])
-        else:  # the asked fact, about someone else
-            s_person, s_attr = rng.choice([p for p in PEOPLE if p != person]), attr
-        sentence = FACTS[s_attr][1].format(p=s_person, v=rng.choice(FACTS[s_attr][2]))
-        rows.append({"question": question, "sentence": sentence, "label": label, "idx": i})
-    return tuple(rows)
+def _qnli(rng: random.Random) -> dict:
+    person, attr = rng.choice(PEOPLE), rng.choice(sorted(FACTS))
+    question = FACTS[attr][0].format(p=person)
+    label = rng.randrange(2)
+    if label == 0:  # the sentence states the asked fact
+        s_person, s_attr = person, attr
+    elif rng.random() < 0.5:  # the same person, another fact
+        s_person, s_attr = person, rng.choice([a for a in sorted(FACTS) if a != attr])
+    else:  # the asked fact, about someone else
+        s_person, s_attr = rng.choice([p for p in PEOPLE if p != person]), attr
+    sentence = FACTS[s_attr][1].format(p=s_person, v=rng.choice(FACTS[s_attr][2]))
+    return {"question": question, "sentence": sentence, "label": label}
 
 
 # --- MNLI and XNLI ----------------------------------------------------------------------------
@@ -136,34 +156,33 @@ NLI = {
 NLI_LANGS = tuple(NLI)
 
 
+def _nli_row(rng: random.Random, lang: str) -> dict:
+    w = NLI[lang]
+    name, act, p = rng.choice(PEOPLE), rng.choice(w["acts"]), rng.randrange(len(w["places"]))
+    place = w["places"][p]
+    label = rng.randrange(3)
+    if label == 0:
+        hyp = rng.choice([w["is"].format(n=name, p=place), w["someone"].format(a=act)])
+    elif label == 1:
+        hyp = rng.choice([w["friend"].format(n=name, a=act), w["dog"].format(n=name), w["music"].format(n=name)])
+    else:  # not there, or somewhere else at the same time
+        other = w["places"][rng.choice([i for i in range(len(w["places"])) if i != p])]
+        hyp = rng.choice([w["not"].format(n=name, p=place), w["is"].format(n=name, p=other)])
+    return {"premise": w["premise"].format(n=name, a=act, p=place), "hypothesis": hyp[0].upper() + hyp[1:],
+            "label": label}
+
+
 @functools.lru_cache(maxsize=None)
 def nli(lang: str, split: str, size: int | None = None) -> tuple:
-    """Premise/hypothesis pairs in `lang`: 0 entailment, 1 neutral, 2 contradiction."""
-    w = NLI[lang]
-    rng = _rng("nli", lang, split)
-    rows = []
-    for _ in range(size or _size(split)):
-        name, a = rng.choice(PEOPLE), rng.randrange(len(w["acts"]))
-        p = rng.randrange(len(w["places"]))
-        act, place = w["acts"][a], w["places"][p]
-        premise = w["premise"].format(n=name, a=act, p=place)
-        label = rng.randrange(3)
-        if label == 0:
-            hyp = rng.choice([w["is"].format(n=name, p=place), w["someone"].format(a=act)])
-        elif label == 1:
-            hyp = rng.choice([w["friend"].format(n=name, a=act), w["dog"].format(n=name),
-                              w["music"].format(n=name)])
-        else:  # not there, or somewhere else at the same time
-            other = w["places"][rng.choice([i for i in range(len(w["places"])) if i != p])]
-            hyp = rng.choice([w["not"].format(n=name, p=place), w["is"].format(n=name, p=other)])
-        rows.append({"premise": premise, "hypothesis": hyp[0].upper() + hyp[1:], "label": label})
-    return tuple(rows)
+    """Distinct premise/hypothesis pairs in `lang`: 0 entailment, 1 neutral, 2 contradiction."""
+    return _collect(lambda rng: _nli_row(rng, lang), f"nli/{lang}", split, size or _size(split), 3)
 
 
 # --- QQP ----------------------------------------------------------------------------------
 
 TOPICS = ["python", "guitar", "spanish", "chess", "cooking", "photography", "swimming", "statistics", "drawing",
-          "machine learning", "public speaking", "yoga"]
+          "machine learning", "public speaking", "yoga", "piano", "gardening", "painting", "running", "french",
+          "physics", "baking", "investing"]
 INTENTS = [
     ["How do I learn {t}?", "What is the best way to learn {t}?", "How can I get started with {t}?"],
     ["Why is {t} so popular?", "What makes {t} popular?", "Why do so many people like {t}?"],
@@ -174,25 +193,20 @@ INTENTS = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
-def _qqp(split: str) -> tuple:
-    rng = _rng("qqp", split)
-    rows = []
-    for i in range(_size(split)):
-        intent, topic = rng.randrange(len(INTENTS)), rng.choice(TOPICS)
-        q1 = rng.choice(INTENTS[intent]).format(t=topic)
-        label = rng.randrange(2)
-        if label == 1:  # the same intent and topic, said another way
-            q2 = rng.choice([q for q in INTENTS[intent] if q.format(t=topic) != q1]).format(t=topic)
-        elif rng.random() < 0.5:  # the same intent about another topic
-            q2 = rng.choice(INTENTS[intent]).format(t=rng.choice([t for t in TOPICS if t != topic]))
-        else:  # another intent about the same topic
-            q2 = rng.choice(INTENTS[rng.choice([j for j in range(len(INTENTS)) if j != intent])]).format(t=topic)
-        rows.append({"question1": q1, "question2": q2, "label": label, "idx": i})
-    return tuple(rows)
+def _qqp(rng: random.Random) -> dict:
+    intent, topic = rng.randrange(len(INTENTS)), rng.choice(TOPICS)
+    q1 = rng.choice(INTENTS[intent]).format(t=topic)
+    label = rng.randrange(2)
+    if label == 1:  # the same intent and topic, said another way
+        q2 = rng.choice([q for q in INTENTS[intent] if q.format(t=topic) != q1]).format(t=topic)
+    elif rng.random() < 0.5:  # the same intent about another topic
+        q2 = rng.choice(INTENTS[intent]).format(t=rng.choice([t for t in TOPICS if t != topic]))
+    else:  # another intent about the same topic
+        q2 = rng.choice(INTENTS[rng.choice([j for j in range(len(INTENTS)) if j != intent])]).format(t=topic)
+    return {"question1": q1, "question2": q2, "label": label}
 
 
-_GLUE = {"sst2": _sst2, "qnli": _qnli, "mnli": lambda split: nli("en", split), "qqp": _qqp}
+_GLUE = {"sst2": _sst2, "qnli": _qnli, "mnli": lambda rng: _nli_row(rng, "en"), "qqp": _qqp}
 
 
 # --- translation ----------------------------------------------------------------------------
