@@ -20,15 +20,17 @@ import torch
 class _StopOnStrings:
     """Stop a row once its new text contains a stop sequence; generation ends when all rows have."""
 
-    def __init__(self, tokenizer, prompt_len: int, stop: Sequence[str]):
+    def __init__(self, tokenizer, prompt_len: int, stop: Sequence[str], strip_leading: bool = False):
         self.tokenizer, self.prompt_len, self.stop = tokenizer, prompt_len, tuple(s for s in stop if s)
+        self.strip_leading = strip_leading
         self.window = 8 + 2 * max((len(s) for s in self.stop), default=0)  # tokens: enough for any stop string
 
     def __call__(self, input_ids, scores, **kwargs):
-        # Only the last few tokens need decoding: generate() keeps a row finished once it is.
-        tail = max(self.prompt_len, input_ids.shape[1] - self.window)
-        done = [any(s in text for s in self.stop)
-                for text in self.tokenizer.batch_decode(input_ids[:, tail:].tolist(), skip_special_tokens=True)]
+        # Only the last few tokens need decoding (generate() keeps a row finished once it is),
+        # unless leading whitespace is skipped: then the whole completion decides.
+        tail = self.prompt_len if self.strip_leading else max(self.prompt_len, input_ids.shape[1] - self.window)
+        texts = self.tokenizer.batch_decode(input_ids[:, tail:].tolist(), skip_special_tokens=True)
+        done = [any(s in (t.lstrip() if self.strip_leading else t) for s in self.stop) for t in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -50,8 +52,11 @@ def _max_positions(model) -> int | None:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8,
              stop: Sequence[str] = ("\n\n",), do_sample: bool = False, temperature: float | None = None,
-             num_return_sequences: int = 1, progress: bool = True) -> list[list[str]]:
-    """`num_return_sequences` completions per prompt (greedy unless do_sample), each cut at `stop`."""
+             num_return_sequences: int = 1, progress: bool = True, strip_leading: bool = False) -> list[list[str]]:
+    """`num_return_sequences` completions per prompt (greedy unless do_sample), each cut at `stop`.
+
+    strip_leading: drop leading whitespace before looking for stop sequences, so an answer that
+    starts on a new line is not cut to nothing by a "\n" stop (not for code: indentation counts)."""
     from transformers import StoppingCriteriaList
     from tqdm.auto import tqdm
 
@@ -78,9 +83,10 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batc
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                 num_return_sequences=num_return_sequences, use_cache=True, pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id,
-                stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, width, stop)]), **sampling)
-            texts = [cut(tokenizer.decode(row[width:], skip_special_tokens=True), stop) for row in out.tolist()]
+                eos_token_id=tokenizer.eos_token_id, **sampling,
+                stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, width, stop, strip_leading)]))
+            texts = [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out.tolist()]
+            texts = [cut(t.lstrip() if strip_leading else t, stop) for t in texts]
             # generate() returns the samples of one prompt next to each other.
             outs.extend(texts[i:i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
     finally:

@@ -57,5 +57,5 @@ class GSM8K(Benchmark):
 
         prompts = [self.format_causal(e)[0] for e in examples]
         outs = generate(model, tokenizer, prompts, max_new_tokens or self.default_max_new_tokens,
-                        batch_size=batch_size, stop=self.stop, progress=progress)
+                        batch_size=batch_size, stop=self.stop, progress=progress, strip_leading=True)
         return scoring.gsm8k_scores([o[0] for o in outs], [e["answer"] for e in examples])

@@ -51,7 +51,7 @@ class Translation(Benchmark):
 
         prompts = [self.format_causal(e)[0] for e in examples]
         outs = generate(model, tokenizer, prompts, max_new_tokens or self.default_max_new_tokens,
-                        batch_size=batch_size, stop=self.stop, progress=progress)
+                        batch_size=batch_size, stop=self.stop, progress=progress, strip_leading=True)
         hyps = [o[0].strip() for o in outs]
         refs = [self.target_text(e) for e in examples]
         return scoring.translation_scores(hyps, refs, latin=self.tgt.endswith("_Latn"))
