@@ -127,6 +127,20 @@ def test_run_program_basics():
     assert sandbox.network_isolation() in ("namespace", "socket-guard")
 
 
+@pytest.mark.skipif(sandbox.network_isolation() != "namespace", reason="namespaces refused here")
+def test_namespaces_hide_the_host(tmp_path):
+    # Own /proc (PID namespace): only the program itself, as PID 1.
+    assert run_program("import os\nassert os.getpid() == 1\n"
+                       "assert [p for p in os.listdir('/proc') if p.isdigit()] == ['1'], os.listdir('/proc')\n"
+                       )["passed"]
+    # Own /tmp: empty but for the run directory, and what is written there stays there.
+    marker = f"hupeft-sandbox-probe-{os.getpid()}"
+    res = run_program("import os\nassert os.listdir('/tmp') == [os.path.basename(os.getcwd())], os.listdir('/tmp')\n"
+                      f"open('/tmp/{marker}', 'w').write('x')\nopen('/var/tmp/{marker}', 'w').write('x')\n")
+    assert res["passed"], res
+    assert not os.path.exists(f"/tmp/{marker}") and not os.path.exists(f"/var/tmp/{marker}")
+
+
 def test_socket_guard_fallback_blocks_connections():
     # The preamble used when namespaces are refused, exercised directly.
     res, _ = sandbox._run("import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)\n",

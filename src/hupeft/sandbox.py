@@ -15,7 +15,9 @@ the limits:
   down: nothing, not even 127.0.0.1 on the host, can be reached) and a new PID namespace (the
   program is PID 1 there: it cannot see or signal the evaluating process, and when it ends the
   kernel kills everything it started). Without root a new *user* namespace is created too, which
-  is what lets an unprivileged process make the other two. If namespaces are refused, a preamble
+  is what lets an unprivileged process make the other two. A private mount namespace gives
+  the program its own empty /tmp, /var/tmp and /dev/shm (small tmpfs; its run directory is bound
+  back in) and a /proc that shows only its own processes. If namespaces are refused, a preamble
   replaces the socket constructors with ones raising ``OSError`` instead ("socket-guard");
   :func:`network_isolation` says which of the two is in force.
 * **An unprivileged uid when we are root.** Resource limits such as RLIMIT_NPROC do not bind
@@ -39,9 +41,11 @@ before the program started. A program that calls ``os._exit(0)`` or ``sys.exit(0
 checks (a known way to "pass" HumanEval) therefore fails.
 
 What this is not: a defence against code written to break out of CPython or the kernel. The
-program still sees the host's filesystem read-only under its own uid (world-readable files,
-world-writable directories such as /tmp) and ``/proc``, and, being in the same interpreter as
-the runner, could in principle find the token in memory and fake success. The threat here is
+program still sees the host's world-readable files, and world-writable directories other than
+the temporary ones above, under its own uid; being in the same interpreter as the runner, it
+could in principle find the token in memory and fake success. In the "socket-guard" fallback
+there are no namespaces at all, and if we are root there and the interpreter is unreadable to
+other uids, the program keeps our uid (the limits and the process-group kill still apply). The threat here is
 careless or degenerate model output, not a targeted attack.
 """
 
@@ -97,37 +101,53 @@ os.remove(os.path.join(wd, "token"))
 result_fd = os.open(os.path.join(wd, "result"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+    1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
+O_PATH = 0o10000000
 flags = 0
 if cfg["netns"]:
-    flags |= CLONE_NEWNET | CLONE_NEWPID
+    flags |= CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWNS
     if not cfg["root"]:
         flags |= CLONE_NEWUSER
-if cfg["bind_prefix"]:
-    flags |= CLONE_NEWNS
 if flags and libc.unshare(flags) != 0:
     fail_setup("unshare")
 
-if cfg["bind_prefix"]:
-    # The interpreter's prefix sits under a directory the program's uid cannot search (a
-    # pyenv under /root). Inside our private mount namespace: cover that directory with an
-    # empty tmpfs (it hides nothing the uid could have reached anyway), recreate the path in it
-    # and bind the prefix back, read-only, at the very same path, so that every path the
-    # interpreter already knows (sys.path, packages' __path__) keeps working.
-    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-    src, stage, hide = cfg["bind_prefix"], cfg["bind_stage"], cfg["hide_dir"]
-    # Private first, so the mounts below never propagate to the host.
-    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        fail_setup("make / private")
-    if libc.mount(src.encode(), stage.encode(), None, MS_BIND | MS_REC, None) != 0:
-        fail_setup("bind interpreter prefix")
-    if libc.mount(b"tmpfs", hide.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=755,size=1m") != 0:
-        fail_setup("cover " + hide)
-    os.makedirs(src, 0o755, exist_ok=True)
-    if libc.mount(stage.encode(), src.encode(), None, MS_BIND | MS_REC, None) != 0:
-        fail_setup("rebind interpreter prefix")
-    if libc.mount(None, src.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None) != 0:
-        fail_setup("remount interpreter prefix read-only")
-    libc.umount2(stage.encode(), 2)  # MNT_DETACH: the staging view is no longer needed
+def bind(fd, path, readonly):
+    """Bind what the O_PATH descriptor ``fd`` names onto ``path`` (recreated first if hidden)."""
+    os.makedirs(path, 0o755, exist_ok=True)
+    if libc.mount(("/proc/self/fd/%d" % fd).encode(), path.encode(), None, MS_BIND | MS_REC, None) != 0:
+        return False
+    if readonly:
+        return libc.mount(None, path.encode(), None,
+                          MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None) == 0
+    return True
+
+mounts = cfg["netns"] and libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
+if cfg["bind_prefix"] and not mounts:
+    fail_setup("make / private")  # without it the program could not read its own interpreter
+if mounts:
+    # Private first (above), so nothing below propagates to the host. Handles to what gets
+    # covered, taken before covering it:
+    wd_fd = os.open(wd, O_PATH | os.O_DIRECTORY)
+    if cfg["bind_prefix"]:
+        prefix_fd = os.open(cfg["bind_prefix"], O_PATH | os.O_DIRECTORY)
+        # The interpreter's prefix sits under a directory the program's uid cannot search (a
+        # pyenv under /root). Cover that directory with an empty tmpfs (it hides nothing the
+        # uid could have reached anyway) and bind the prefix back, read-only, at the very same
+        # path, so every path the interpreter already knows (sys.path, __path__) still works.
+        if libc.mount(b"tmpfs", cfg["hide_dir"].encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=755,size=1m") != 0:
+            fail_setup("cover " + cfg["hide_dir"])
+        if not bind(prefix_fd, cfg["bind_prefix"], readonly=True):
+            fail_setup("bind the interpreter prefix back")
+        os.close(prefix_fd)
+    # Fresh, empty, small shared temporary directories: the program neither sees nor litters
+    # the host's. Best effort: the run directory (under /tmp) is bound back below either way.
+    for shared in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.isdir(shared) and not os.path.islink(shared):
+            libc.mount(b"tmpfs", shared.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=1777,size=16m")
+    if not bind(wd_fd, wd, readonly=False):
+        fail_setup("bind the run directory back")
+    os.close(wd_fd)
 
 if cfg["netns"]:
     # In a new PID namespace only the next child is PID 1 of it; we stay outside and wait.
@@ -145,6 +165,11 @@ if cfg["netns"]:
         if os.WIFSIGNALED(status):
             os._exit(128 + os.WTERMSIG(status))
         os._exit(os.WEXITSTATUS(status))
+
+if mounts:
+    # A /proc of the new PID namespace: the program sees only its own processes. Best effort
+    # (some container runtimes refuse a new proc mount); the host's then stays visible, read-only.
+    libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
 
 try:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -321,15 +346,12 @@ def _run(source: str, timeout: float, memory_mb: int, netns: bool) -> tuple[dict
             fd = os.open(os.path.join(workdir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-        target = os.path.join(workdir, ".python")
-        if bind:
-            os.mkdir(target, 0o755)
         if uid is not None:
             os.chown(workdir, uid, uid)
         cfg = {
             "workdir": workdir, "root": _is_root(), "uid": uid, "netns": netns,
             "socket_guard": not netns,
-            "bind_prefix": os.path.realpath(sys.base_prefix) if bind else None, "bind_stage": target,
+            "bind_prefix": os.path.realpath(sys.base_prefix) if bind else None,
             "hide_dir": _unsearchable_ancestor(sys.base_prefix) if bind else None,
             "cpu": int(timeout) + 2, "as": memory_mb * 1024 * 1024,
             "fsize": FILE_SIZE_LIMIT, "nproc": NPROC_LIMIT,
@@ -394,7 +416,8 @@ def isolation() -> dict:
     """What a run gets here: network mode, whether the uid is dropped, whether the prefix is bound."""
     net = network_isolation()
     drops = _is_root() and (net == "namespace" or not _needs_bind())
-    return {"network": net, "pid_namespace": net == "namespace", "private_uid": drops,
+    return {"network": net, "pid_namespace": net == "namespace", "private_tmp_and_proc": net == "namespace",
+            "private_uid": drops,
             "interpreter_bind_mount": drops and _needs_bind()}
 
 
