@@ -1,10 +1,12 @@
 """A butterfly orthogonal matrix applied to activations, never materialised as d x d.
 
-R = M_{m-1} ... M_1 M_0 (PEFT's row-vector convention: rotated rows are x @ R), each factor
-M_i = P_i B_i P_i^T with B_i block-diagonal (N = d / b orthogonal b x b blocks) and P_i the
-butterfly permutation PEFT's BOFT uses for factor i. Each block is the Cayley transform
-Q = (I - S)(I + S)^-1 of a skew-symmetric S, stored as its strict upper triangle (b(b-1)/2
-numbers; zero at start, so R = I).
+Conventions. PEFT's BOFT rotates row vectors, x_rot = x @ R_peft, with
+R_peft = M_{m-1} ... M_1 M_0, each factor M_i = P_i B_i P_i^T, B_i block-diagonal (N = d / b
+orthogonal b x b blocks) and P_i the butterfly permutation PEFT builds for factor i. Here
+R = R_peft^T is the rotation of column vectors: `forward(x)` returns x @ R^T (R x for each
+vector) and `matrix()` returns R, so the same parameters give PEFT's outputs exactly. Each
+block is the Cayley transform Q = (I - S)(I + S)^-1 of a skew-symmetric S, stored as its strict
+upper triangle (b(b-1)/2 numbers; zero at start, so R = I).
 
 Why our own: PEFT's BOFT multiplies dense d x d matrices every forward, and without its CUDA
 extension it silently sets the number of factors to 1.
@@ -29,7 +31,8 @@ def check_butterfly_shape(dim: int, block_size: int, n_factors: int) -> None:
         raise MethodError(f"block_size and n_factors must be > 0 (got {block_size}, {n_factors})")
     if dim % block_size:
         divisors = [b for b in (2, 4, 8, 16, 32, 64) if dim % b == 0]
-        raise MethodError(f"block_size {block_size} does not divide the layer width {dim}; use one of {divisors}")
+        fix = f"use one of {divisors}" if divisors else "target layers of an even width"
+        raise MethodError(f"block_size {block_size} does not divide the layer width {dim}; {fix}")
     blocks = dim // block_size
     if n_factors > 1:
         if block_size % 2:
@@ -37,6 +40,11 @@ def check_butterfly_shape(dim: int, block_size: int, n_factors: int) -> None:
         if blocks % (2 ** (n_factors - 1)):
             raise MethodError(f"{blocks} blocks of {block_size} (width {dim}) are not divisible by 2^(n_factors-1) = "
                               f"{2 ** (n_factors - 1)}; lower n_factors or change block_size")
+
+
+def butterfly_num_parameters(dim: int, block_size: int, n_factors: int) -> int:
+    """Trainable numbers of a butterfly: a strict upper triangle per block per factor."""
+    return n_factors * (dim // block_size) * (block_size * (block_size - 1) // 2)
 
 
 def butterfly_permutation(dim: int, blocks: int, half_block: int, factor: int) -> torch.Tensor:
@@ -58,6 +66,8 @@ def cayley(skew: torch.Tensor) -> torch.Tensor:
 
 
 class Butterfly(nn.Module):
+    """The orthogonal R (dim x dim) of m butterfly factors of b x b Cayley blocks; R = I at start."""
+
     def __init__(self, dim: int, block_size: int, n_factors: int):
         super().__init__()
         check_butterfly_shape(dim, block_size, n_factors)
@@ -71,6 +81,9 @@ class Butterfly(nn.Module):
         perms = [butterfly_permutation(dim, self.blocks, block_size // 2, i) for i in range(n_factors)]
         self.register_buffer("perm", torch.stack(perms), persistent=False)
         self.register_buffer("inv_perm", torch.stack([torch.argsort(p) for p in perms]), persistent=False)
+
+    def num_parameters(self) -> int:
+        return butterfly_num_parameters(self.dim, self.block_size, self.n_factors)
 
     def skew(self) -> torch.Tensor:
         s = self.theta.new_zeros(self.n_factors, self.blocks, self.block_size, self.block_size)
@@ -86,20 +99,22 @@ class Butterfly(nn.Module):
         return self.block_size * 2 ** (self.n_factors - 1)
 
     def group_blocks(self) -> torch.Tensor:
-        """R's diagonal blocks, (G, s, s), in the row convention: x_g @ blocks[g]."""
+        """R's diagonal blocks, (G, s, s), in the row convention: x_g @ blocks[g] = (R x)_g."""
+        if self.n_factors == 1:  # one factor, identity permutation: the Cayley blocks themselves
+            return self.block_matrices()[0]
         s, g = self.group, self.dim // self.group
         probe = torch.eye(s, dtype=torch.float32, device=self.theta.device).repeat(1, g)  # e_j in every group
         rows = self._factors(probe, self.block_matrices())
         return rows.view(s, g, s).transpose(0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x @ R over the last dimension (R^T applied to each vector)."""
+        """x @ R^T over the last dimension: R applied to each vector (PEFT's x @ R_peft)."""
         blocks = self.group_blocks().to(x.dtype)
         g = blocks.shape[0]
         return torch.einsum("...gs,gsc->...gc", x.reshape(*x.shape[:-1], g, self.group), blocks).reshape(x.shape)
 
     def _factors(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """x @ M_{m-1} ... M_0 factor by factor (used on the small probe)."""
+        """x @ M_{m-1} ... M_0 factor by factor (on the small probe; a reference in tests)."""
         q = q.to(x.dtype)
         shape = x.shape
         for i in reversed(range(self.n_factors)):
@@ -110,15 +125,14 @@ class Butterfly(nn.Module):
         return x
 
     def matrix(self) -> torch.Tensor:
-        """R^T as a dense dim x dim matrix, so that forward(x) == x @ matrix().T.
-
-        This is the column-vector rotation R_col: forward applies R_col to each vector."""
+        """R as a dense dim x dim matrix (forward(x) == x @ matrix().T); for merge and tests only."""
         eye = torch.eye(self.dim, dtype=self.theta.dtype, device=self.theta.device)
         return self.forward(eye).T
 
     @torch.no_grad()
     def orthogonality_error(self) -> float:
-        """max |R^T R - I|, exactly, from R's diagonal blocks."""
+        """max |R^T R - I|, exactly and cheaply: R is block-diagonal with G blocks of s x s, and
+        every off-block entry of R^T R is zero, so only the blocks' Gram matrices can deviate."""
         q = self.group_blocks().double()
         eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
         return float((q.transpose(-1, -2) @ q - eye).abs().max())

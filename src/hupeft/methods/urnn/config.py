@@ -12,18 +12,22 @@ class URNNOptions(MethodOptions):
     variant: str = "structured"
     """"structured": U = D3 R2 F^-1 D2 Pi R1 F D1 (O(n) parameters, unitary by construction,
     trained by the ordinary optimiser); "full": block-diagonal full unitary blocks trained by the
-    paper's Algorithm 1 (a Riemannian step on the unitary group)."""
+    paper's Algorithm 1 (a Riemannian step on the unitary group, in `before_step`)."""
     block_size: int = 8
-    """Complex block size of the "full" variant; must divide d/2."""
-    manifold_lr: float = 1e-2
+    """Complex block size b of the "full" variant; must divide n = d/2 (d the rotated width)."""
+    manifold_lr: float = 1e-3
     """eta of Algorithm 1 for the "full" variant: U <- exp(-eta (G U^H - U G^H)) U."""
     renorm_tol: float = 1e-6
     """Re-project the "full" blocks to the nearest unitary when max |U^H U - I| exceeds this."""
+    side: str = "input"
+    """"input": y = W0 (U x) + b, as the paper places the unitary; "output": y = U (W0 x) + b."""
     seed: int = 0
-    """Seed of the structured variant's fixed permutation and initial phases/reflections."""
+    """Seed of the structured variant's fixed permutation Pi and initial phases/reflections."""
 
     def validate(self) -> None:
         if self.variant not in ("structured", "full"):
             raise MethodError(f"urnn variant must be 'structured' or 'full', not {self.variant!r}")
+        if self.side not in ("input", "output"):
+            raise MethodError(f"urnn side must be 'input' or 'output', not {self.side!r}")
         if self.block_size <= 0 or self.manifold_lr <= 0 or self.renorm_tol <= 0:
-            raise MethodError("urnn block_size, manifold_lr and renorm_tol must be > 0")
+            raise MethodError("urnn block_size, manifold_lr and renorm_tol must be > 0; pass positive values")

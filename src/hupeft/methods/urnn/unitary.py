@@ -29,56 +29,54 @@ def householder(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 class StructuredUnitary(nn.Module):
     """U = D3 R2 F^-1 D2 Pi R1 F D1 (Arjovsky et al.'s uRNN), composed with the fixed inverse of
-    its initial value: U_eff = U(theta) U(theta_0)^H.
+    its initial value: U_eff = U(theta) U(theta_0)^H, so U_eff = I exactly at step 0.
 
     Why the composition: with a fixed random permutation Pi and Householder reflections (never
     the identity), no parameter value makes U itself the identity, and the paper's "near
     identity" would change the model's outputs at step 0. A product of unitaries is unitary, so
-    U_eff is exactly the identity at step 0 and exactly unitary at every step, at the price of
-    applying the (frozen) initial U once more: still O(n log n)."""
+    U_eff is the identity at step 0 (up to fp32 rounding, ~1e-7) and unitary at every step, at
+    the price of applying the frozen U(theta_0)^H too: still O(n log n).
+
+    Parameters are real and start at zero: theta = theta_0 + delta, with `phases` (3, n) and
+    `reflections` (2, n, 2) the deltas (reflections as (re, im) pairs). Zero-start deltas mean that
+    weight decay pulls U_eff towards the identity, as it pulls LoRA's B towards zero. That is
+    3n + 4n = 7n trainable reals per layer.
+    """
 
     def __init__(self, n: int, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        phases = (torch.rand(3, n, generator=g) * 2 - 1) * math.pi
-        refl = torch.randn(2, n, 2, generator=g)
-        self.phases = nn.Parameter(phases.clone())
-        self.reflections = nn.Parameter(refl.clone())
-        self.register_buffer("phases0", phases)
-        self.register_buffer("reflections0", refl)
+        self.n = n
+        self.register_buffer("phases0", (torch.rand(3, n, generator=g) * 2 - 1) * math.pi)
+        self.register_buffer("reflections0", torch.randn(2, n, 2, generator=g))
         self.register_buffer("perm", torch.randperm(n, generator=g))
         self.register_buffer("inv_perm", torch.argsort(self.perm))
-        self.n = n
+        self.phases = nn.Parameter(torch.zeros(3, n))
+        self.reflections = nn.Parameter(torch.zeros(2, n, 2))
 
     @staticmethod
-    def _unitary(z, phases, refl, perm):
-        v1, v2 = torch.view_as_complex(refl[0].contiguous()), torch.view_as_complex(refl[1].contiguous())
-        d = torch.polar(torch.ones_like(phases), phases)
-        z = z * d[0]
-        z = torch.fft.fft(z, norm="ortho")
-        z = householder(z, v1)
-        z = z[..., perm]
-        z = z * d[1]
-        z = torch.fft.ifft(z, norm="ortho")
-        z = householder(z, v2)
+    def _parts(phases: torch.Tensor, refl: torch.Tensor, sign: float):
+        v1 = torch.view_as_complex(refl[0].contiguous())
+        v2 = torch.view_as_complex(refl[1].contiguous())
+        return torch.polar(torch.ones_like(phases), sign * phases), v1, v2
+
+    def _unitary(self, z: torch.Tensor, phases: torch.Tensor, refl: torch.Tensor) -> torch.Tensor:
+        d, v1, v2 = self._parts(phases, refl, 1.0)
+        z = torch.fft.fft(z * d[0], norm="ortho")
+        z = householder(z, v1)[..., self.perm] * d[1]
+        z = householder(torch.fft.ifft(z, norm="ortho"), v2)
         return z * d[2]
 
-    @staticmethod
-    def _unitary_inverse(z, phases, refl, inv_perm):
-        v1, v2 = torch.view_as_complex(refl[0].contiguous()), torch.view_as_complex(refl[1].contiguous())
-        d = torch.polar(torch.ones_like(phases), -phases)
-        z = z * d[2]
-        z = householder(z, v2)  # reflections are their own inverses
-        z = torch.fft.fft(z, norm="ortho")
-        z = z * d[1]
-        z = z[..., inv_perm]
-        z = householder(z, v1)
-        z = torch.fft.ifft(z, norm="ortho")
-        return z * d[0]
+    def _unitary_inverse(self, z: torch.Tensor, phases: torch.Tensor, refl: torch.Tensor) -> torch.Tensor:
+        # U^H = D1^H F^H R1 Pi^T D2^H F R2 D3^H (reflections are Hermitian and their own inverses).
+        d, v1, v2 = self._parts(phases, refl, -1.0)
+        z = torch.fft.fft(householder(z * d[2], v2), norm="ortho")
+        z = householder((z * d[1])[..., self.inv_perm], v1)
+        return torch.fft.ifft(z, norm="ortho") * d[0]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        z = self._unitary_inverse(z, self.phases0, self.reflections0, self.inv_perm)
-        return self._unitary(z, self.phases, self.reflections, self.perm)
+        z = self._unitary_inverse(z, self.phases0, self.reflections0)
+        return self._unitary(z, self.phases0 + self.phases, self.reflections0 + self.reflections)
 
 
 class BlockUnitary(nn.Module):
@@ -87,7 +85,7 @@ class BlockUnitary(nn.Module):
 
     def __init__(self, n: int, block_size: int):
         super().__init__()
-        self.blocks, self.block_size = n // block_size, block_size
+        self.n, self.blocks, self.block_size = n, n // block_size, block_size
         eye = torch.eye(block_size, dtype=torch.complex64).expand(self.blocks, -1, -1)
         self.u = nn.Parameter(torch.view_as_real(eye.clone()).contiguous())
         self.renormalisations = 0
@@ -103,16 +101,18 @@ class BlockUnitary(nn.Module):
     def riemannian_step(self, eta: float, tol: float) -> None:
         """The paper's Algorithm 1 on each block, then re-projection if the blocks drifted.
 
-        torch's gradient of a real loss w.r.t. the real view is (dL/dRe, dL/dIm), i.e. the
-        complex G = 2 dL/dU*, the direction of steepest ascent. With A = G U^H - U G^H
-        (skew-Hermitian), U <- exp(-eta A) U moves along the group and lowers the loss to first
-        order (the paper writes B = G U^H - U G^H and exp(eta B) with the opposite sign on G)."""
+        Sign convention: torch's gradient of a real loss w.r.t. the real view is (dL/dRe, dL/dIm),
+        i.e. the complex G = dL/dRe + i dL/dIm = 2 dL/dU* (conjugate Wirtinger), the direction of
+        steepest ASCENT. B = G U^H - U G^H is skew-Hermitian, so exp(-eta B) is unitary and
+        U <- exp(-eta B) U stays on the group; its first-order change of the loss is
+        -eta/2 |B|_F^2 <= 0, a descent step. The paper prints exp(eta B), which descends only if
+        its G is the negative gradient; the tests check the sign by the loss going down."""
         if self.u.grad is None:
             return
         g = torch.view_as_complex(self.u.grad.contiguous())
         u = self.unitary()
-        a = g @ u.mH - u @ g.mH
-        new = torch.linalg.matrix_exp(-eta * a) @ u
+        b = g @ u.mH - u @ g.mH
+        new = torch.linalg.matrix_exp(-eta * b) @ u
         if unitarity_error(new) > tol:
             w, _, vh = torch.linalg.svd(new)
             new = w @ vh  # the nearest unitary (polar factor)
@@ -122,5 +122,8 @@ class BlockUnitary(nn.Module):
 
 
 def unitarity_error(u: torch.Tensor) -> float:
+    """max |U^H U - I| of a (batch of) square complex matrices; the Gram in double precision so
+    that the number measures U itself, not the rounding of the check."""
+    u = u.to(torch.complex128)
     eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
     return float((u.mH @ u - eye).abs().max())
