@@ -6,7 +6,6 @@ import importlib.util
 import math
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -230,3 +229,40 @@ def test_parallel_hostile_and_good_runs(problems):
     results = he.evaluate_samples(problems, samples, timeout=HOSTILE_TIMEOUT, workers=2, progress=False)
     assert [r["passed"] for r in results] == [True, False, True, False, True, False], results
     _assert_no_strays()
+
+
+def test_humaneval_command_scores_a_samples_file(tmp_path, problems, capsys):
+    """`hupeft humaneval`: 3 problems x 2 samples (one canonical, one bare) -> pass@1 = 0.5."""
+    import json
+
+    from hupeft.benchmarks.humaneval import cli_main
+
+    ids = list(problems)[:3]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n"
+                               for t in ids for c in (problems[t]["canonical_solution"], "")))
+    assert cli_main([str(samples), "--k", "1,2,10", "--timeout", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "pass@1: 0.5000" in out and "pass@2: 1.0000" in out and "pass@10 skipped" in out
+    rows = [json.loads(l) for l in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    assert [r["passed"] for r in rows] == [True, False] * 3
+    assert all(r["result"] for r in rows)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"task_id": "HumanEval/999", "completion": ""}\n', "unknown task_id"),
+    ('not json\n', "is not JSON"),
+    ('{"task_id": "HumanEval/0"}\n', "string \"completion\""),
+    ('', "holds no samples"),
+])
+def test_humaneval_command_rejects_bad_input_without_writing(tmp_path, capsys, content, message):
+    from hupeft.benchmarks.humaneval import cli_main
+
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(content)
+    assert cli_main([str(samples)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
+    assert cli_main([str(tmp_path / "missing.jsonl")]) == 2
+    assert cli_main([str(samples), "--k", "0"]) == 2

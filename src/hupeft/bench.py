@@ -1,10 +1,18 @@
 """`hupeft bench`: training-step time and peak memory of every method on one model.
 
-Each method runs in its own child process, so that its peak memory is its own: on CPU the
-figure is the child's peak resident set (ru_maxrss), which a single process could never reset
-between methods; on GPU it is torch.cuda.max_memory_allocated. Step time is the median over
-`--steps` timed steps after `--warmup` untimed ones (forward, backward, the method's hooks and
-the optimiser step). Initialisation that happens once (LoRA-GA's gradient estimate) is not timed.
+Each method runs in its own child processes, so that its peak memory is its own. Step time is
+the median over `--steps` timed steps after `--warmup` untimed ones (forward, backward, the
+method's hooks and the optimiser step), with the default allocator. Initialisation that happens
+once (LoRA-GA's gradient estimate) is not timed.
+
+Peak memory on GPU is torch.cuda.max_memory_allocated. On CPU there is no such counter, so a
+second child repeats a few steps with glibc told to return every block above 64 KiB to the OS
+(MALLOC_MMAP_THRESHOLD_): its resident set then follows the live tensors, as CUDA's "allocated"
+figure does, instead of also counting the free blocks malloc keeps (that second figure, as
+CUDA's "reserved" would, is in the JSON as `rss_with_cached_bytes`). That child is slower, which
+is why it is not the one timed. Both figures are the peak resident set sampled during the steps
+minus the resident set before the model was loaded: weights, training state and activations,
+without the Python runtime (see hupeft.memory).
 
 Rows:
   full, lora, boft (m=3), boft_m1, loraga, urnn, hybrid   hupeft's methods
@@ -18,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -66,15 +73,27 @@ def _prepare(row: str, model, targets, batch_fn):
     return adapted.model, list(adapted.trainable_parameters().values()), adapted.before_step, adapted.after_step
 
 
-def measure_one(row: str, model_name: str, targets, batch: int, seq: int, warmup: int, steps: int) -> dict:
+PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+
+
+def measure_one(row: str, model_name: str, targets, batch: int, seq: int, warmup: int, steps: int,
+                precision: str = "fp32") -> dict:
+    import contextlib
+
     import torch
 
     from hupeft import models
+    from hupeft.memory import PeakRSS, current_rss, trim
 
-    loaded = models.load(model_name)
+    trim()
+    baseline = current_rss()
+    loaded = models.load(model_name, dtype=torch.bfloat16 if precision == "bf16" else None)
     model = loaded.model
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
+    # bf16-mixed is what `hupeft run` does on a GPU: fp32 weights, bf16 autocast (accelerate).
+    autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if precision == "bf16-mixed" \
+        else contextlib.nullcontext
     model.to(device)
     vocab = model.config.vocab_size
     batch_fn = lambda s: {k: v.to(device) for k, v in _batch(vocab, batch, seq, s).items()}  # noqa: E731
@@ -84,13 +103,17 @@ def measure_one(row: str, model_name: str, targets, batch: int, seq: int, warmup
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
+    sampler = PeakRSS()
     for i in range(warmup + steps):
+        if i == warmup and not cuda:
+            sampler.__enter__()
         b = batch_fn(i)
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = call(**b).loss
-        loss.backward()
+        with autocast():
+            loss = call(**b).loss
+        loss.float().backward()
         before()
         if opt:
             opt.step()
@@ -103,18 +126,29 @@ def measure_one(row: str, model_name: str, targets, batch: int, seq: int, warmup
     if cuda:
         peak, kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
     else:
-        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_peak_rss"
+        sampler.__exit__(None, None, None)
+        peak, kind = sampler.peak - baseline, "cpu_rss_above_baseline"
     return {"step_seconds": statistics.median(times), "step_seconds_all": times,
             "peak_memory_bytes": int(peak), "memory_kind": kind,
-            "trainable_params": int(sum(p.numel() for p in params))}
+            "trainable_params": int(sum(p.numel() for p in params)), "device": _device_name()}
+
+
+def _device_name() -> str:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def run(model_name: str, rows: list[str], targets, batch: int, seq: int, warmup: int, steps: int,
-        threads: int | None) -> dict:
+        threads: int | None, precision: str = "fp32") -> dict:
     from tqdm import tqdm
 
     out = {"model": model_name, "batch": batch, "seq_len": seq, "targets": list(targets),
-           "warmup": warmup, "steps": steps, "methods": {}}
+           "warmup": warmup, "steps": steps, "precision": precision, "methods": {}}
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -123,17 +157,32 @@ def run(model_name: str, rows: list[str], targets, batch: int, seq: int, warmup:
 
     if model_name == "smollm2-135m":
         models.smollm2_checkpoint()
-    for row in tqdm(rows, desc="bench", unit="method"):
+    import torch
+
+    live_env = None if torch.cuda.is_available() else {**env, "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+    def child(row: str, env: dict, warmup: int, steps: int) -> dict:
         cmd = [sys.executable, "-m", "hupeft.bench", "--child", row, "--model", model_name,
                "--targets", ",".join(targets), "--batch", str(batch), "--seq-len", str(seq),
-               "--warmup", str(warmup), "--steps", str(steps)]
+               "--warmup", str(warmup), "--steps", str(steps), "--precision", precision]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            out["methods"][row] = {"error": tail}
-            tqdm.write(f"{row}: failed: {tail}")
-            continue
-        out["methods"][row] = json.loads(proc.stdout.strip().splitlines()[-1])
+            return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    for row in tqdm(rows, desc="bench", unit="method"):
+        result = child(row, env, warmup, steps)
+        if "error" not in result and live_env is not None:
+            live = child(row, live_env, 1, 2)
+            if "error" in live:
+                result = live
+            else:
+                result["rss_with_cached_bytes"] = result["peak_memory_bytes"]
+                result["peak_memory_bytes"] = live["peak_memory_bytes"]
+                result["memory_kind"] = "cpu_live_rss_above_baseline"
+        if "error" in result:
+            tqdm.write(f"{row}: failed: {result['error']}")
+        out["methods"][row] = result
     return out
 
 
@@ -141,8 +190,9 @@ def table(result: dict) -> str:
     rows = result["methods"]
     lora = rows.get("lora", {}).get("step_seconds")
     full = rows.get("full", {})
-    lines = [f"{'method':<14}{'step s':>9}{'x lora':>9}{'x full':>9}{'peak MiB':>11}{'mem x full':>12}{'trainable':>12}",
-             "-" * 76]
+    lines = [f"{'method':<14}{'step s':>9}{'x lora':>9}{'x full':>9}{'x floor':>9}{'peak MiB':>11}"
+             f"{'mem x full':>12}{'trainable':>12}", "-" * 85]
+    floor = rows.get("frozen", {}).get("step_seconds")
     for name, r in rows.items():
         if "error" in r:
             lines.append(f"{name:<14}  failed: {r['error']}")
@@ -150,12 +200,14 @@ def table(result: dict) -> str:
         s, m = r["step_seconds"], r["peak_memory_bytes"]
         xl = f"{s / lora:.2f}" if lora else "-"
         xf = f"{s / full['step_seconds']:.2f}" if full.get("step_seconds") else "-"
+        xo = f"{s / floor:.2f}" if floor else "-"
         mf = f"{m / full['peak_memory_bytes']:.2f}" if full.get("peak_memory_bytes") else "-"
-        lines.append(f"{name:<14}{s:>9.3f}{xl:>9}{xf:>9}{m / 2**20:>11.0f}{mf:>12}{r['trainable_params']:>12,}")
+        lines.append(f"{name:<14}{s:>9.3f}{xl:>9}{xf:>9}{xo:>9}{m / 2**20:>11.0f}{mf:>12}{r['trainable_params']:>12,}")
     kind = next((r["memory_kind"] for r in rows.values() if "memory_kind" in r), "?")
+    device = next((r["device"] for r in rows.values() if "device" in r), "?")
     lines.append(f"\nmodel {result['model']}, batch {result['batch']} x {result['seq_len']}, "
-                 f"targets {','.join(result['targets'])}, median of {result['steps']} steps after "
-                 f"{result['warmup']} warm-up; memory: {kind}")
+                 f"targets {','.join(result['targets'])}, {result.get('precision', 'fp32')}, median of {result['steps']} steps after "
+                 f"{result['warmup']} warm-up; memory: {kind}; {device}")
     return "\n".join(lines)
 
 
@@ -169,6 +221,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128, help="sequence length (default: 128)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default); bf16-mixed: fp32 weights under bf16 autocast, as `hupeft run` "
+                        "on a GPU; bf16: weights in bf16")
     p.add_argument("--threads", type=int, default=None, help="OMP/torch threads per child (default: torch's)")
     p.add_argument("--json", dest="json_path", default=None, help="write the figures as JSON to this path")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -180,7 +235,7 @@ def cli_main(argv: list[str]) -> int:
     targets = [t for t in args.targets.split(",") if t]
     if args.child:
         print(json.dumps(measure_one(args.child, args.model, targets, args.batch, args.seq_len,
-                                     args.warmup, args.steps)))
+                                     args.warmup, args.steps, args.precision)))
         return 0
     rows = [r for r in args.methods.split(",") if r]
     bad = [r for r in rows if r not in ROWS]
@@ -190,7 +245,8 @@ def cli_main(argv: list[str]) -> int:
     if min(args.batch, args.seq_len, args.steps) <= 0 or args.warmup < 0:
         print("hupeft bench: --batch, --seq-len and --steps must be > 0 and --warmup >= 0", file=sys.stderr)
         return 2
-    result = run(args.model, rows, targets, args.batch, args.seq_len, args.warmup, args.steps, args.threads)
+    result = run(args.model, rows, targets, args.batch, args.seq_len, args.warmup, args.steps, args.threads,
+                 args.precision)
     print(table(result))
     if args.json_path:
         from hupeft.records import atomic_write_text

@@ -16,13 +16,13 @@ import contextlib
 import math
 import os
 import random
-import resource
 import sys
 import time
 import traceback
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, apply_overrides, field_docs, validate
+from .memory import PeakRSS
 from .records import RECORD_NAME, SCHEMA_VERSION, environment, write_record
 
 CHECKPOINT_DIR = "checkpoint"
@@ -152,6 +152,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
         epoch_batches = data.batches(train_enc, cfg.batch_size, pad_id, cfg.task, g)
         epoch_batches = epoch_batches[accelerator.process_index:: accelerator.num_processes]
         train_model.train()
+        sampler = PeakRSS().__enter__() if not cuda else None
         t0, tokens, losses, norms, branch = time.perf_counter(), 0, [], [], {}
         bar = tqdm(epoch_batches, desc=f"epoch {epoch} steps", leave=False, disable=not progress)
         for i, batch in enumerate(bar):
@@ -164,7 +165,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
                 if cfg.inject_nan_step is not None and step + 1 == cfg.inject_nan_step:
                     loss = loss * float("nan")
                 if not torch.isfinite(loss.detach()):
-                    _finish_epoch(record, epoch, losses, None, norms, branch, t0, tokens, cuda, adapted)
+                    _finish_epoch(record, epoch, losses, None, norms, branch, t0, tokens, sampler, adapted)
                     raise Diverged(f"non-finite loss {loss.item()} at epoch {epoch}, step {step + 1}")
                 accelerator.backward(loss / cfg.grad_accum)
             losses.append(loss.item())
@@ -192,7 +193,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
                                     "lr": scheduler.get_last_lr()[0]})
             bar.set_postfix(loss=f"{losses[-1]:.3f}", gnorm=f"{norms[-1]:.2f}")
         val_loss = _validation_loss(train_model, val_batches, to_dev, accelerator)
-        _finish_epoch(record, epoch, losses, val_loss, norms, branch, t0, tokens, cuda, adapted)
+        _finish_epoch(record, epoch, losses, val_loss, norms, branch, t0, tokens, sampler, adapted)
         epochs_bar.set_postfix(train=f"{record['epochs'][-1]['train_loss']:.3f}", val=f"{val_loss:.3f}")
         if cfg.checkpoint and out is not None and accelerator.is_main_process:
             _save_checkpoint(out / CHECKPOINT_DIR, adapted, optimizer, scheduler, record, epoch, step)
@@ -223,14 +224,15 @@ def _validation_loss(model, val_batches, to_dev, accelerator) -> float:
     return total / max(count, 1)
 
 
-def _finish_epoch(record, epoch, losses, val_loss, norms, branch, t0, tokens, cuda, adapted) -> None:
+def _finish_epoch(record, epoch, losses, val_loss, norms, branch, t0, tokens, sampler, adapted) -> None:
     import torch
 
     seconds = time.perf_counter() - t0
-    if cuda:
+    if sampler is None:
         peak, kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
-    else:  # the process's peak resident set so far (Linux reports KiB)
-        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_peak_rss"
+    else:  # the process's peak resident set during this epoch (see hupeft.memory)
+        sampler.__exit__(None, None, None)
+        peak, kind = sampler.peak, "cpu_peak_rss"
     entry = {"epoch": epoch, "train_loss": sum(losses) / len(losses) if losses else None,
              "val_loss": val_loss, "grad_norm": sum(norms) / len(norms) if norms else None,
              "seconds": seconds, "tokens_per_second": tokens / seconds if seconds > 0 else None,

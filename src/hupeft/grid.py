@@ -28,6 +28,7 @@ from .records import RECORD_NAME, atomic_write_text, read_record
 
 PRESET_DIR = Path(__file__).parent / "presets"
 NOTEBOOK_NAME = "run.ipynb"
+PARTIAL_NAME = ".run.partial.ipynb"  # papermill writes here; renamed to NOTEBOOK_NAME when it ends
 
 
 class GridError(ValueError):
@@ -116,7 +117,11 @@ def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=No
 
 
 def is_done(cell: Cell) -> bool:
-    """A complete record (ok or diverged) written with exactly this cell's parameters."""
+    """A complete record (ok or diverged) written with exactly this cell's parameters, beside the
+    executed notebook. The record is written before the notebook's last cells finish, so a grid
+    killed in between leaves a partial notebook: that cell is not done and runs again."""
+    if (cell.out_dir / PARTIAL_NAME).exists() or not (cell.out_dir / NOTEBOOK_NAME).exists():
+        return False
     path = cell.out_dir / RECORD_NAME
     try:
         rec = read_record(path)
@@ -140,11 +145,15 @@ def execute(cell: Cell, notebook: Path, timeout: float | None = None) -> tuple[b
     import papermill as pm
 
     cell.out_dir.mkdir(parents=True, exist_ok=True)
-    partial = cell.out_dir / f".{NOTEBOOK_NAME}.partial"
+    # Executed into a hidden temporary name, renamed when papermill is done; one left by a
+    # killed grid is simply overwritten.
+    partial = cell.out_dir / PARTIAL_NAME
     # A stale record from older parameters must not survive a failed re-run.
     stale = cell.out_dir / RECORD_NAME
     if stale.exists():
         stale.unlink()
+    for leftover in cell.out_dir.glob(".*.tmp"):  # an atomic write cut short by a kill
+        leftover.unlink()
     try:
         pm.execute_notebook(str(notebook), str(partial), parameters=cell.parameters(), progress_bar=False,
                             kernel_name="python3", execution_timeout=timeout, cwd=str(cell.out_dir))
@@ -165,6 +174,9 @@ def run_grid(cells: list[Cell], *, jobs: int = 1, notebook: Path | None = None, 
     from tqdm.auto import tqdm
 
     notebook = notebook or default_notebook()
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # Kernels inherit this: parallel cells share the cores instead of oversubscribing them.
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     todo = [c for c in cells if not is_done(c)]
     skipped = len(cells) - len(todo)
     if skipped:
@@ -240,7 +252,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=lambda s: [int(x) for x in csv(s)], help="these seeds instead of the preset's")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run setting in every cell (see `hupeft run --help`)")
-    p.add_argument("--jobs", type=int, default=1, help="cells executed at once (local launcher)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="cells executed at once (local launcher; default: the preset's `jobs`, else 1)")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="where cells run")
     p.add_argument("--results", default="results", help="results root (default: results/)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and a cost estimate; run nothing")
@@ -252,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
 def grid_from_args(args) -> int:
     try:
         preset = load_preset(args.preset)
+        if args.jobs is None:
+            args.jobs = int(preset.get("jobs", 1))
         if args.jobs < 1:
             raise GridError(f"--jobs must be >= 1, got {args.jobs}")
         cells = expand(preset, models=args.models, methods=args.methods, benchmarks=args.benchmarks,
@@ -296,14 +311,15 @@ def reproduce_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="hupeft reproduce",
                                 description="Run a preset's grid, then the report, then build the book.")
     p.add_argument("--preset", default="cpu", help="preset (default: cpu)")
-    p.add_argument("--jobs", type=int, default=1, help="cells executed at once")
+    p.add_argument("--jobs", type=int, default=None, help="cells executed at once (default: the preset's)")
     p.add_argument("--results", default="results", help="results root (default: results/)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run setting in every cell")
     args = p.parse_args(argv)
     t0 = time.time()
-    grid_args = parser().parse_args(["--preset", args.preset, "--jobs", str(args.jobs),
-                                     "--results", args.results] + sum((["--set", s] for s in args.sets), []))
+    jobs = [] if args.jobs is None else ["--jobs", str(args.jobs)]
+    grid_args = parser().parse_args(["--preset", args.preset, "--results", args.results] + jobs
+                                    + sum((["--set", s] for s in args.sets), []))
     code = grid_from_args(grid_args)
     if code == 2:
         return 2

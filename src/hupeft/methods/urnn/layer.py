@@ -11,21 +11,69 @@ from .unitary import BlockUnitary, StructuredUnitary, to_complex, to_real, unita
 
 
 class URNNLinear(AdapterLayer):
-    def __init__(self, base: nn.Linear, variant: str, block_size: int, seed: int, side: str = "input"):
+    """The structured variant's effective unitary U_eff is U(theta) composed with the fixed
+    inverse of its start, U0^H = U(theta_0)^H, so it is the identity at step 0 (StructuredUnitary):
+    U_eff = U0^H U(theta) on the input side, U(theta) U0^H on the output side. Applying both
+    factors to every activation would double the adapter's cost and stored activations, so where
+    the base weight is a plain float tensor the frozen factor is folded into it once, at wrapping:
+
+        input side:  y = W0 U0^H U(theta) x      with W0' = W0 M0^T stored in base.weight
+        output side: y = U(theta) U0^H W0 x + b  with W0' = M0^T W0
+
+    (M0 the real orthogonal matrix of U(theta_0)). Only U(theta) then runs per step. The fold is
+    reproducible from the seed, so saved adapters hold theta only and load onto the original base
+    model; merging gives W0 U_eff as usual. Quantized bases are not folded and apply both factors
+    to activations. (The map is `_unitary_map`, not `_apply`: nn.Module._apply is what .to() calls.)
+    """
+
+    def __init__(self, base: nn.Linear, variant: str, block_size: int, seed: int, side: str = "input",
+                 recompute: bool = False, fold: bool = True):
         super().__init__(base)
         self.side = side
+        self.recompute = recompute and variant == "structured"
         n = (base.in_features if side == "input" else base.out_features) // 2
         unitary = StructuredUnitary(n, seed) if variant == "structured" else BlockUnitary(n, block_size)
         self.unitary = unitary.to(base.weight.device)
+        self.folded = fold and variant == "structured" and base.weight.dtype.is_floating_point
+        if self.folded:
+            self._fold_initial_inverse()
+
+    @torch.no_grad()
+    def _fold_initial_inverse(self) -> None:
+        w = self.base.weight
+        a = self._real_matrix(self.unitary.initial_inverse)  # M0^T
+        w.copy_((w.float() @ a if self.side == "input" else a @ w.float()).to(w.dtype))
+
+    def _real_matrix(self, fn) -> torch.Tensor:
+        """The real 2n x 2n matrix of a complex-linear map fn on C^n (pairs = real, imaginary)."""
+        eye = torch.eye(self.width, device=self.base.weight.device)
+        return to_real(fn(to_complex(eye)), eye).T
 
     @property
     def width(self) -> int:
         """The real width the unitary acts on (2n)."""
         return 2 * self.unitary.n
 
+    def _unitary_map(self, z: torch.Tensor) -> torch.Tensor:
+        u = self.unitary
+        if isinstance(u, BlockUnitary):
+            return u(z)
+        if self.folded:
+            return u.current(z)
+        # Unfolded, the same U_eff as folded: U0^H U(theta) on the input side, U(theta) U0^H on the output side.
+        return u.initial_inverse(u.current(z)) if self.side == "input" else u.current(u.initial_inverse(z))
+
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
-        """The real orthogonal map of U on the last dimension (pairs = real and imaginary parts)."""
-        return to_real(self.unitary(to_complex(x)), x)
+        """The real orthogonal map applied to activations on the last dimension: U(theta) when
+        folded, U_eff otherwise."""
+        if self.recompute and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self._rotate, x, use_reentrant=False)
+        return self._rotate(x)
+
+    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
+        return to_real(self._unitary_map(to_complex(x)), x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.side == "input":
@@ -35,12 +83,16 @@ class URNNLinear(AdapterLayer):
         return y if self.base.bias is None else y + self.base.bias
 
     def dense(self) -> torch.Tensor:
-        """The real 2n x 2n matrix M with rotate(x) = x @ M^T (M x per vector)."""
-        eye = torch.eye(self.width, device=self.base.weight.device)
-        return self.rotate(eye).T
+        """The real 2n x 2n matrix of the effective unitary U_eff (identity at step 0)."""
+        m = self._real_matrix(self._unitary_map)
+        if not self.folded:
+            return m
+        a = self._real_matrix(self.unitary.initial_inverse)
+        return a @ m if self.side == "input" else m @ a
 
     def merged_weight(self) -> torch.Tensor:
-        m = self.dense().to(self.base.weight.dtype)
+        # base.weight is W0' when folded, and rotate() is then U(theta) alone: W0' M = W0 U_eff.
+        m = self._real_matrix(self._unitary_map).to(self.base.weight.dtype)
         return self.base.weight @ m if self.side == "input" else m @ self.base.weight
 
     @torch.no_grad()
@@ -50,4 +102,4 @@ class URNNLinear(AdapterLayer):
         if isinstance(self.unitary, BlockUnitary):
             return unitarity_error(self.unitary.unitary())
         eye = torch.eye(self.unitary.n, dtype=torch.complex64, device=self.base.weight.device)
-        return unitarity_error(self.unitary(eye).T)  # row j of U(eye) is U e_j: transpose gives U
+        return unitarity_error(self.unitary.current(eye).T)  # row j is U e_j: transpose gives U

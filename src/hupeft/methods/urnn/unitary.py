@@ -34,8 +34,9 @@ class StructuredUnitary(nn.Module):
     Why the composition: with a fixed random permutation Pi and Householder reflections (never
     the identity), no parameter value makes U itself the identity, and the paper's "near
     identity" would change the model's outputs at step 0. A product of unitaries is unitary, so
-    U_eff is the identity at step 0 (up to fp32 rounding, ~1e-7) and unitary at every step, at
-    the price of applying the frozen U(theta_0)^H too: still O(n log n).
+    U_eff is the identity at step 0 (up to fp32 rounding, ~1e-7) and unitary at every step.
+    `forward` applies U_eff; `current` applies U(theta) alone and `initial_inverse` the frozen
+    U(theta_0)^H, for callers that fold the frozen factor into a weight (URNNLinear does).
 
     Parameters are real and start at zero: theta = theta_0 + delta, with `phases` (3, n) and
     `reflections` (2, n, 2) the deltas (reflections as (re, im) pairs). Zero-start deltas mean that
@@ -74,9 +75,16 @@ class StructuredUnitary(nn.Module):
         z = householder((z * d[1])[..., self.inv_perm], v1)
         return torch.fft.ifft(z, norm="ortho") * d[0]
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        z = self._unitary_inverse(z, self.phases0, self.reflections0)
+    def current(self, z: torch.Tensor) -> torch.Tensor:
+        """U(theta) z."""
         return self._unitary(z, self.phases0 + self.phases, self.reflections0 + self.reflections)
+
+    def initial_inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """U(theta_0)^H z (no trainable parameter involved)."""
+        return self._unitary_inverse(z, self.phases0, self.reflections0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.current(self.initial_inverse(z))
 
 
 class BlockUnitary(nn.Module):

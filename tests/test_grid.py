@@ -1,0 +1,109 @@
+"""The grid: preset expansion, skipping done cells, re-running only what changed, surviving SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from hupeft import grid
+from hupeft.records import read_record
+
+TINY = {
+    "description": "test preset",
+    "seeds": [0],
+    "methods": ["lora", "boft"],
+    "defaults": {"epochs": 1, "n_train": 8, "n_val": 4, "n_eval": 4, "max_len": 32, "batch_size": 4},
+    "method_settings": {"boft": {"lr": 1.0e-3}},
+    "models": {"tiny-bert": {"benchmarks": ["glue/sst2"]}},
+}
+
+
+def write_preset(path: Path, preset: dict) -> Path:
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+def hupeft(*args, cwd=None, **kw):
+    return subprocess.run([sys.executable, "-m", "hupeft", *args], capture_output=True, text=True, cwd=cwd, **kw)
+
+
+def test_every_preset_expands_and_smoke_covers_all_methods():
+    for name in grid.preset_names():
+        preset = grid.load_preset(name)
+        if name.startswith("paper"):
+            continue  # hub models: configs cannot be seen offline, expansion is checked below
+        cells = grid.expand(preset)
+        assert cells, name
+    smoke = grid.expand(grid.load_preset("smoke"))
+    assert {c.config.method for c in smoke} == {"full", "lora", "loraga", "boft", "urnn", "hybrid"}
+    assert len({c.config.benchmark for c in smoke}) == 2
+
+
+def test_paper_preset_has_the_papers_gaps():
+    preset = grid.load_preset("paper")
+    assert "humaneval" not in preset["models"]["meta-llama/Llama-3.3-70B-Instruct"]["benchmarks"]
+    assert len(preset["models"]) == 4 and preset["seeds"] == [0, 1, 2]
+
+
+def test_unknown_preset_and_filters_are_one_line_errors(capsys):
+    assert grid.cli_main(["--preset", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert grid.cli_main(["--preset", "smoke", "--methods", "dora"]) == 2
+    assert "not in preset smoke" in capsys.readouterr().err
+
+
+def test_dry_run_lists_cells_and_estimate(capsys):
+    assert grid.cli_main(["--preset", "smoke", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "12 cells" in out and "estimated" in out
+
+
+def test_changed_parameter_reruns_only_affected_cells(tmp_path):
+    preset = write_preset(tmp_path / "p.yaml", TINY)
+    results = tmp_path / "results"
+    first = hupeft("grid", "--preset", str(preset), "--results", str(results))
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    records = sorted(results.rglob("record.json"))
+    assert len(records) == 2
+    assert all((r.parent / "run.ipynb").exists() for r in records)
+    before = {r.parent.parent.name: read_record(r)["started_at"] for r in records}
+
+    changed = json.loads(json.dumps(TINY))
+    changed["method_settings"]["boft"]["lr"] = 5.0e-4
+    write_preset(tmp_path / "p.yaml", changed)
+    second = hupeft("grid", "--preset", str(preset), "--results", str(results))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "1 of 2 cells already have a complete record" in second.stdout
+    after = {r.parent.parent.name: read_record(r) for r in sorted(results.rglob("record.json"))}
+    assert after["lora"]["started_at"] == before["lora"]
+    assert after["boft"]["started_at"] != before["boft"] and after["boft"]["config"]["lr"] == 5.0e-4
+
+
+def test_sigkill_midway_then_rerun_leaves_no_duplicate_or_corrupt_record(tmp_path):
+    preset = dict(TINY, seeds=[0, 1])
+    path = write_preset(tmp_path / "p.yaml", preset)
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "hupeft", "grid", "--preset", str(path), "--results",
+                             str(results)], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(results.rglob("record.json")):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the grid and its kernels, mid-grid
+    proc.wait()
+    done_before = len(list(results.rglob("record.json")))
+    assert 1 <= done_before < 4
+    again = hupeft("grid", "--preset", str(path), "--results", str(results))
+    assert again.returncode == 0, again.stderr[-2000:]
+    cells = {p.parent for p in results.rglob("record.json")}
+    assert len(cells) == 4
+    for cell in cells:
+        assert read_record(cell / "record.json")["status"] == "ok"
+        assert sorted(p.name for p in cell.iterdir() if p.name != "checkpoint") == ["record.json", "run.ipynb"]
