@@ -64,6 +64,8 @@ def table1(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
         out = merged.drop(columns=["benchmark_paper", "method_paper", "paper_benchmark", "paper_method"],
                           errors="ignore")
         out["difference"] = out["mean"] - out["paper_mean"]
+    else:  # the columns stay, empty, so the page shows where the paper's numbers go
+        out["paper_mean"], out["paper_models"], out["difference"] = float("nan"), float("nan"), float("nan")
     return out
 
 
@@ -215,7 +217,7 @@ def _html(frame: pd.DataFrame, floatfmt: str = "{:.4g}") -> None:
     from IPython.display import HTML, display
 
     display(HTML(frame.to_html(index=False, float_format=lambda x: floatfmt.format(x), na_rep="-",
-                               classes="hupeft-table", border=0, escape=True)))
+                               classes="hupeft-table", border=0, escape=True, justify="left")))
 
 
 def provenance(df: pd.DataFrame, preset: str) -> None:
@@ -266,9 +268,13 @@ def show_table1(t1: pd.DataFrame) -> None:
         "(`paper_models`) and our mean minus it. The paper's numbers are its claims, read from "
         "`data/paper/table1.csv`; ours come from the records. Our models are not the paper's, so the "
         "difference is context, not a verdict.")
+    if t1["paper_mean"].isna().all():
+        _md("The paper's Table I values are not in `data/paper/table1.csv` yet (it holds the header only; "
+            "`data/paper/README.md` says why), so its columns show `-`. Add the printed rows there and "
+            "rebuild: the means and differences fill in.")
     cols = [c for c in ["benchmark", "metric", "method", "model", "runs", "n", "mean", "sd", "paper_mean",
                         "paper_models", "difference"] if c in t1.columns]
-    _html(t1[cols])
+    _html(t1[cols], "{:.3f}")
     for _, r in t1.iterrows():
         _glue(f"t1/{r['model']}/{r['benchmark']}/{r['method']}/{r['metric']}", float(r["mean"]))
     best = t1.loc[t1.groupby(["benchmark", "metric", "model"], observed=True)["mean"].idxmax()]
