@@ -129,21 +129,39 @@ def run_index(df: pd.DataFrame, book_dir: Path = GENERATED) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def execute_pages(preset: str, results: Path, progress: bool = True) -> list[Path]:
-    """Run every notebook of notebooks/report/ against the preset's records, into book/results/."""
+def execute_pages(preset: str, results: Path, progress: bool = True, jobs: int | None = None) -> list[Path]:
+    """Run every notebook of notebooks/report/ against the preset's records, into book/results/.
+
+    Pages are independent, and most of a page's time is its kernel starting and importing, so
+    they run `jobs` at a time (default: one per core, at most 4)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     import papermill as pm
+    from tqdm.auto import tqdm
 
     GENERATED.mkdir(parents=True, exist_ok=True)
-    out = []
-    for nb in sorted(REPORT_NOTEBOOKS.glob("*.ipynb")):
-        dest = GENERATED / nb.name
-        tmp = GENERATED / f".{nb.name}.partial"
-        pm.execute_notebook(str(nb), str(tmp), parameters={"preset": preset, "results": str(Path(results).resolve())},
-                            progress_bar=progress, kernel_name="python3", cwd=str(GENERATED))
-        _hide_injected_parameters(tmp)
-        tmp.replace(dest)
-        out.append(dest)
-    return out
+    notebooks = sorted(REPORT_NOTEBOOKS.glob("*.ipynb"))
+    params = {"preset": preset, "results": str(Path(results).resolve())}
+
+    def execute(nb: Path) -> Path:
+        dest, tmp = GENERATED / nb.name, GENERATED / f".{nb.name}.partial"
+        try:
+            pm.execute_notebook(str(nb), str(tmp), parameters=params, progress_bar=False,
+                                kernel_name="python3", cwd=str(GENERATED))
+            _hide_injected_parameters(tmp)
+            tmp.replace(dest)  # a page is replaced whole, never left half-written
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    jobs = jobs or max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(execute, nb): nb for nb in notebooks}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="report", unit="page",
+                        disable=not progress):
+            fut.result()  # a failed page raises here, naming its cell
+    return [GENERATED / nb.name for nb in notebooks]
 
 
 def _hide_injected_parameters(path: Path) -> None:
