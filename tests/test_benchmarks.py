@@ -68,6 +68,22 @@ def test_local_folder_with_other_splits_refuses_generated_data(offline, tmp_path
         b.load("train", data_dir=tmp_path)
 
 
+def test_gsm_symbolic_cache_holds_exactly_what_is_generated(tmp_path, monkeypatch):
+    from hupeft.benchmarks import gsm8k
+
+    monkeypatch.setenv("HUPEFT_CACHE", str(tmp_path))
+    monkeypatch.setitem(gsm8k.OFFLINE_SIZE, "test", 12)  # a small split keeps this quick
+    gsm8k.gsm_symbolic.cache_clear()
+    try:
+        first = gsm8k.gsm_symbolic("test")  # generated, then written to the cache
+        files = list((tmp_path / "data").iterdir())
+        assert [f.name.endswith("-test-12-5678.json") for f in files] == [True]
+        gsm8k.gsm_symbolic.cache_clear()
+        assert gsm8k.gsm_symbolic("test") == first == tuple(gsm8k._generate("test"))
+    finally:
+        gsm8k.gsm_symbolic.cache_clear()
+
+
 def test_offline_sources_are_labelled_and_deterministic(offline):
     sst2 = benchmarks.get("glue/sst2")
     a, b = sst2.load("train", n=50, seed=3), sst2.load("train", n=50, seed=3)
