@@ -33,8 +33,7 @@ def gsm_symbolic(split: str) -> tuple:
     if cached.exists():
         return tuple(json.loads(cached.read_text()))
     rows = _generate(split)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cached, json.dumps(rows))
+    atomic_write_text(cached, json.dumps(rows))  # makes the folder too
     return tuple(rows)
 
 
