@@ -119,3 +119,36 @@ def test_changed_parameter_reruns_only_affected_cells(killed_and_rerun):
             assert record["started_at"] == before[(method, seed)]
         else:
             assert record["started_at"] != before[(method, seed)] and record["config"]["lr"] == 5.0e-4
+
+
+def fresh_copy(dest: Path) -> Path:
+    """What a fresh clone of this checkout holds: tracked files and new files git does not ignore."""
+    repo = Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo, capture_output=True,
+                           text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = repo / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes(src.read_bytes())
+    return dest
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_parallel_cells_with_relative_results_from_a_fresh_copy(tmp_path, attempt):
+    """Two cells at a time, a relative results folder, the copy's own code and notebook: every
+    cell ok and each record in its own folder (run twice: a race shows up by timing)."""
+    clone = fresh_copy(tmp_path / "clone")
+    env = {**os.environ, "PYTHONPATH": str(clone / "src")}
+    proc = subprocess.run([sys.executable, "-m", "hupeft", "grid", "--preset", "smoke", "--jobs", "2",
+                           "--results", "results"], cwd=clone, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    expected = {grid.cell_dir(Path(), "smoke", c.config) for c in grid.expand(grid.load_preset("smoke"))}
+    root = clone / "results"
+    found = {p.parent.relative_to(root) for p in root.rglob("record.json")}
+    assert found == expected  # no record nested in another cell's folder, none missing
+    for rel in found:
+        rec = read_record(root / rel / "record.json")
+        assert rec["status"] == "ok", rec["error"]
+        assert (root / rel / "run.ipynb").exists()
+    assert not list(clone.glob("src/**/results")) and not (clone / "notebooks" / "results").exists()

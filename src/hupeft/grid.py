@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, apply_overrides, validate
+from .executor import execute_notebook
 from .records import RECORD_NAME, atomic_write_text, read_record
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -81,6 +82,7 @@ def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=No
            sets: list[str] = (), root: Path = Path("results")) -> list[Cell]:
     """Every cell of the preset, filtered by the lists given; configs validated (no weights)."""
     all_models = preset["models"]
+    root = Path(root).resolve()  # cells carry absolute paths: nothing depends on a working directory
     for wanted, have, what in ((models, all_models, "model"), (methods, preset["methods"], "method")):
         bad = sorted(set(wanted or ()) - set(have))
         if bad:
@@ -140,33 +142,42 @@ def is_done(cell: Cell) -> bool:
     return True
 
 
-def execute(cell: Cell, notebook: Path, timeout: float | None = None) -> tuple[bool, str]:
-    """Run one cell's notebook with papermill; True on a record with status ok/diverged."""
-    import papermill as pm
-
-    cell.out_dir.mkdir(parents=True, exist_ok=True)
+def execute(cell: Cell, notebook: Path, timeout: float | None = None,
+            env: dict[str, str] | None = None) -> tuple[bool, str]:
+    """Run one cell's notebook with papermill, in a process of its own (hupeft.executor);
+    True on a record with status ok/diverged. A cell that ends without one gets a `failed`
+    record with the error, so the book lists it."""
+    out_dir = cell.out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
     # Executed into a hidden temporary name, renamed when papermill is done; one left by a
     # killed grid is simply overwritten.
-    partial = cell.out_dir / PARTIAL_NAME
+    partial = out_dir / PARTIAL_NAME
     # A stale record from older parameters must not survive a failed re-run.
-    stale = cell.out_dir / RECORD_NAME
+    stale = out_dir / RECORD_NAME
     if stale.exists():
         stale.unlink()
-    for leftover in cell.out_dir.glob(".*.tmp"):  # an atomic write cut short by a kill
+    for leftover in out_dir.glob(".*.tmp"):  # an atomic write cut short by a kill
         leftover.unlink()
-    try:
-        pm.execute_notebook(str(notebook), str(partial), parameters=cell.parameters(), progress_bar=False,
-                            kernel_name="python3", execution_timeout=timeout, cwd=str(cell.out_dir))
-        error = ""
-    except Exception as e:  # papermill's errors: PapermillExecutionError, CellTimeoutError, ...
-        error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    error = execute_notebook(notebook, partial, cell.parameters(), cwd=out_dir, env=env, timeout=timeout)
     if partial.exists():
-        os.replace(partial, cell.out_dir / NOTEBOOK_NAME)
+        os.replace(partial, out_dir / NOTEBOOK_NAME)
+    rec_path = out_dir / RECORD_NAME
     if not error and not is_done(cell):
-        rec_path = cell.out_dir / RECORD_NAME
         error = (read_record(rec_path).get("error") or "record not ok").splitlines()[0] if rec_path.exists() \
             else "notebook finished without writing record.json"
+    if error and not rec_path.exists():
+        write_failed_record(cell, error)
     return not error, error
+
+
+def write_failed_record(cell: Cell, error: str) -> None:
+    """A record for a cell whose notebook died before writing one (import error, kernel killed)."""
+    from .records import SCHEMA_VERSION, write_record
+
+    write_record({"schema_version": SCHEMA_VERSION, "status": "failed", "error": error,
+                  "config": cell.config.to_dict(), "params": {}, "epochs": [], "scores": {},
+                  "hybrid_lambda": None, "steps": [], "environment": {}, "started_at": None,
+                  "finished_at": time.time()}, cell.out_dir / RECORD_NAME)
 
 
 def run_grid(cells: list[Cell], *, jobs: int = 1, notebook: Path | None = None, progress: bool = True) -> list[tuple[Cell, str]]:
@@ -174,17 +185,19 @@ def run_grid(cells: list[Cell], *, jobs: int = 1, notebook: Path | None = None, 
     from tqdm.auto import tqdm
 
     notebook = notebook or default_notebook()
-    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        # Kernels inherit this: parallel cells share the cores instead of oversubscribing them.
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    # Each cell's process gets this in its own environment: parallel cells share the cores
+    # instead of oversubscribing them. A user's own setting wins.
+    env = {} if (jobs <= 1 or "OMP_NUM_THREADS" in os.environ) else \
+        {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
     todo = [c for c in cells if not is_done(c)]
     skipped = len(cells) - len(todo)
     if skipped:
         print(f"{skipped} of {len(cells)} cells already have a complete record with these parameters; skipped")
     failures = []
     bar = tqdm(total=len(todo), desc="grid", unit="cell", disable=not progress)
+    # Threads only wait on the cells' processes; nothing process-wide is changed from them.
     with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(execute, c, notebook): c for c in todo}
+        futures = {pool.submit(execute, c, notebook, None, env): c for c in todo}
         for fut in cf.as_completed(futures):
             cell = futures[fut]
             ok, error = fut.result()

@@ -137,8 +137,9 @@ def execute_pages(preset: str, results: Path, progress: bool = True, jobs: int |
     import os
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    import papermill as pm
     from tqdm.auto import tqdm
+
+    from .executor import execute_notebook
 
     GENERATED.mkdir(parents=True, exist_ok=True)
     notebooks = sorted(REPORT_NOTEBOOKS.glob("*.ipynb"))
@@ -147,14 +148,16 @@ def execute_pages(preset: str, results: Path, progress: bool = True, jobs: int |
     def execute(nb: Path) -> Path:
         dest, tmp = GENERATED / nb.name, GENERATED / f".{nb.name}.partial"
         try:
-            pm.execute_notebook(str(nb), str(tmp), parameters=params, progress_bar=False,
-                                kernel_name="python3", cwd=str(GENERATED))
+            error = execute_notebook(nb, tmp, params, cwd=GENERATED)
+            if error:
+                raise RuntimeError(f"report page {nb.name} failed: {error}")
             _hide_injected_parameters(tmp)
             tmp.replace(dest)  # a page is replaced whole, never left half-written
         finally:
             tmp.unlink(missing_ok=True)
         return dest
 
+    # Each page runs in its own process (hupeft.executor); threads only wait on them.
     jobs = jobs or max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(execute, nb): nb for nb in notebooks}
