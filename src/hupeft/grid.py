@@ -339,7 +339,13 @@ def reproduce_main(argv: list[str]) -> int:
     from . import report
 
     report_code = report.cli_main(["--preset", load_preset(args.preset)["name"], "--results", args.results, "--build"])
-    print(f"reproduce {args.preset}: {(time.time() - t0) / 60:.1f} min end to end")
+    minutes = (time.time() - t0) / 60
+    if code or report_code:
+        # The book is still built so the failures can be read there, but nothing here says success.
+        what = "some cells failed (the book's setup page lists them)" if code else "the report or book failed"
+        print(f"reproduce {args.preset}: FAILED after {minutes:.1f} min: {what}", file=sys.stderr)
+    else:
+        print(f"reproduce {args.preset}: every cell ok, book built, {minutes:.1f} min end to end")
     return code or report_code
 
 

@@ -1,8 +1,8 @@
-"""Records -> DataFrames -> the book's tables and figures; `hupeft report`.
+"""Records -> DataFrames for the book; `hupeft report`, which executes the result pages.
 
 Every number the book shows is computed here from run records (or read from data/paper/ for
-the paper's own claims). The book's result pages are notebooks under notebooks/report/ that
-call these functions; `hupeft report --preset P` executes them with papermill into
+the paper's own claims); hupeft.pages displays them. The book's result pages are notebooks
+under notebooks/report/ that call both; `hupeft report --preset P` executes them with papermill into
 book/results/ (generated, not committed) and `--build` then builds the book.
 """
 
@@ -23,12 +23,18 @@ PAPER_DIR = REPO / "data" / "paper"
 REPORT_NOTEBOOKS = REPO / "notebooks" / "report"
 GENERATED = REPO / "book" / "results"
 
-# Our benchmark names -> the names the paper's Table I uses.
-PAPER_BENCHMARK = {"glue/mnli": "MNLI", "glue/qqp": "QQP", "glue/sst2": "SST-2", "glue/qnli": "QNLI",
-                   "gsm8k": "GSM8K", "mtbench": "MT-Bench", "humaneval": "HumanEval"}
+# Our benchmark -> the paper's Table I benchmark (its GLUE column is one score per run), and
+# our metric that sits beside the paper's metric there.
+PAPER_BENCHMARK = {"glue/mnli": "glue", "glue/qqp": "glue", "glue/sst2": "glue", "glue/qnli": "glue",
+                   "gsm8k": "gsm8k", "mtbench": "mtbench", "humaneval": "humaneval"}
+PAPER_METRIC = {("glue", "accuracy"): "score", ("gsm8k", "exact_match_strict"): "accuracy",
+                ("mtbench", "bleu"): "bleu", ("humaneval", "pass@1"): "pass@1", ("humaneval", "pass@10"): "pass@10"}
+# Fractions in records, percentages on the page (as the paper prints them).
+PERCENT_METRICS = {"accuracy", "f1", "exact_match_strict", "exact_match_flexible", "pass@1", "pass@10"}
 METHOD_LABEL = {"full": "Full FT", "lora": "LoRA", "loraga": "LoRA-GA", "boft": "BOFT",
                 "urnn": "uRNN", "hybrid": "Hybrid"}
 METHOD_ORDER = list(METHOD_LABEL)
+BASELINES = [m for m in METHOD_ORDER if m != "hybrid"]
 
 
 def records(results: str | Path, preset: str | None = None) -> pd.DataFrame:
@@ -41,31 +47,45 @@ def records(results: str | Path, preset: str | None = None) -> pd.DataFrame:
 
 
 def scores_long(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run and metric."""
+    """One row per run and metric, on the page's scale (percent for fractions)."""
     cols = [c for c in df.columns if c.startswith("score.")]
     long = df.melt(id_vars=["model", "benchmark", "method", "seed", "status"], value_vars=cols,
                    var_name="metric", value_name="value").dropna(subset=["value"])
     long["metric"] = long["metric"].str.removeprefix("score.")
+    pct = long["metric"].isin(PERCENT_METRICS)
+    long.loc[pct, "value"] = long.loc[pct, "value"] * 100
     return long
 
 
+def n_eval_of(df: pd.DataFrame) -> dict:
+    """(model, benchmark) -> examples scored, from the records."""
+    out = {}
+    for _, r in df.iterrows():
+        n = ((r["record"].get("config") or {}).get("data") or {}).get("n_eval")
+        if n:
+            out[(r["model"], r["benchmark"])] = int(n)
+    return out
+
+
 def table1(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per benchmark x metric x method x model: the runs, mean +- sd, and the paper's mean."""
+    """Per model x benchmark x metric x method: per-seed values, mean and its 95% t-interval over
+    seeds, and for accuracies the evaluation set's own sampling interval."""
+    from .stats import accuracy_half_width, mean_interval
+
     long = scores_long(df[df["status"] == "ok"])
-    g = long.groupby(["benchmark", "metric", "method", "model"], observed=True)["value"]
-    out = g.agg(runs=lambda v: ", ".join(f"{x:.3f}" for x in v), n="count", mean="mean", sd="std").reset_index()
-    out["sd"] = out["sd"].fillna(0.0)
-    if paper is not None and not paper.empty:
-        pm = paper_means(paper)
-        out["paper_benchmark"] = out["benchmark"].map(PAPER_BENCHMARK)
-        out["paper_method"] = out["method"].map(METHOD_LABEL)
-        merged = out.merge(pm, how="left", left_on=["paper_benchmark", "paper_method"],
-                           right_on=["benchmark", "method"], suffixes=("", "_paper"))
-        out = merged.drop(columns=["benchmark_paper", "method_paper", "paper_benchmark", "paper_method"],
-                          errors="ignore")
-        out["difference"] = out["mean"] - out["paper_mean"]
-    else:  # the columns stay, empty, so the page shows where the paper's numbers go
-        out["paper_mean"], out["paper_models"], out["difference"] = float("nan"), float("nan"), float("nan")
+    n_eval = n_eval_of(df)
+    rows = []
+    for (model, bench, metric, method), g in long.groupby(["model", "benchmark", "metric", "method"], observed=True):
+        iv = mean_interval(g["value"])
+        n = n_eval.get((model, bench))
+        sampling = (100 * accuracy_half_width(iv.mean / 100, n) if metric in PERCENT_METRICS and n
+                    and metric != "f1" else float("nan"))
+        rows.append({"model": model, "benchmark": bench, "metric": metric, "method": method,
+                     "runs": ", ".join(f"{x:.1f}" for x in g.sort_values("seed")["value"]), "n": iv.n,
+                     "mean": iv.mean, "ci95": iv.half_width, "n_eval": n, "sampling_ci95": sampling})
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["method"] = pd.Categorical(out["method"], categories=METHOD_ORDER, ordered=True)
     return out
 
 
@@ -75,36 +95,108 @@ def paper_table1() -> pd.DataFrame:
 
 
 def paper_means(paper: pd.DataFrame) -> pd.DataFrame:
-    """The paper's value per benchmark x method, averaged over its models and runs, with the
-    models it covers (the paper trains other models than ours, so this is context, not a target)."""
-    value = "value" if "value" in paper.columns else paper.select_dtypes("number").columns[0]
-    g = paper.groupby(["benchmark", "method"])
-    return g.agg(paper_mean=(value, "mean"),
-                 paper_models=("model", lambda m: ", ".join(sorted(set(map(str, m)))))).reset_index()
+    """The paper's printed mean per model, benchmark, metric and method (its `mean` rows)."""
+    if paper.empty:
+        return paper
+    printed = paper[paper["run"].astype(str) == "mean"]
+    return printed[["model", "benchmark", "metric", "method", "value"]].reset_index(drop=True)
+
+
+def fmt_interval(mean: float, half: float, digits: int = 1) -> str:
+    """'81.2 ± 3.1', or just the mean when there is no interval (one run)."""
+    if mean is None or pd.isna(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if pd.isna(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def table1_layout(t1: pd.DataFrame, paper: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The paper's layout: one table per paper benchmark; methods as rows; our (model, task,
+    metric) columns, then the paper's printed mean for each of its models."""
+    pm = paper_means(paper)
+    tables = {}
+    if t1.empty:
+        return tables
+    t1 = t1.assign(paper_benchmark=t1["benchmark"].map(PAPER_BENCHMARK).fillna(t1["benchmark"]))
+    for pbench, part in t1.groupby("paper_benchmark", sort=False):
+        frame = pd.DataFrame({"method": [METHOD_LABEL[m] for m in METHOD_ORDER]}).set_index("method")
+        for (model, bench, metric), g in part.groupby(["model", "benchmark", "metric"], observed=True, sort=False):
+            col = f"{model} · {bench} · {metric} (ours)"
+            vals = {METHOD_LABEL[r["method"]]: fmt_interval(r["mean"], r["ci95"]) for _, r in g.iterrows()}
+            frame[col] = [vals.get(m, "–") for m in frame.index]
+        metrics = {PAPER_METRIC.get((pbench, m)) for m in part["metric"]} - {None}
+        if not pm.empty:
+            theirs = pm[(pm["benchmark"] == pbench) & pm["metric"].isin(metrics)]
+            for (model, metric), g in theirs.groupby(["model", "metric"], sort=False):
+                vals = {METHOD_LABEL.get(r["method"], r["method"]): f"{r['value']:.1f}" for _, r in g.iterrows()}
+                frame[f"{model} · {metric} (paper)"] = [vals.get(m, "–") for m in frame.index]
+        frame = frame[[c for c in frame.columns if (frame[c] != "–").any()]]
+        tables[pbench] = frame.reset_index()
+    return tables
+
+
+def paired_comparisons(df: pd.DataFrame, treatment: str = "hybrid", value: str = "score") -> pd.DataFrame:
+    """`treatment` minus each baseline over the seeds both ran, per model, benchmark and metric
+    (value="score"), or on the last epoch's validation loss (value="val_loss")."""
+    from .stats import paired_difference
+
+    ok = df[df["status"] == "ok"]
+    if value == "score":
+        long = scores_long(ok)
+    else:
+        long = ok.assign(metric="final validation loss", value=ok["val_loss"])[
+            ["model", "benchmark", "method", "seed", "metric", "value"]].dropna(subset=["value"])
+    rows = []
+    for (model, bench, metric), g in long.groupby(["model", "benchmark", "metric"], observed=True):
+        by = {m: dict(zip(x["seed"], x["value"])) for m, x in g.groupby("method", observed=True)}
+        if treatment not in by:
+            continue
+        for base in [m for m in METHOD_ORDER if m != treatment and m in by]:
+            iv = paired_difference(by[treatment], by[base])
+            if iv.n == 0:
+                continue
+            rows.append({"model": model, "benchmark": bench, "metric": metric,
+                         "comparison": f"{METHOD_LABEL[treatment]} − {METHOD_LABEL[base]}",
+                         "baseline": base, "seeds": iv.n, "difference": iv.mean, "ci95": iv.half_width,
+                         "low": iv.low, "high": iv.high, "resolved": iv.excludes_zero})
+    return pd.DataFrame(rows)
 
 
 def fig1_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Seconds per epoch and peak memory per method and model (Fig. 1)."""
+    """Seconds per epoch and peak memory per method and model, mean and 95% interval over seeds (Fig. 1)."""
+    from .stats import mean_interval
+
     ok = df[df["status"] == "ok"]
-    return ok.groupby(["model", "method"], observed=True).agg(
-        seconds_per_epoch=("seconds_per_epoch", "mean"), peak_memory_gib=("peak_memory_bytes", lambda b: b.mean() / 2**30),
-        memory_kind=("memory_kind", "first"), runs=("seed", "count")).reset_index()
+    rows = []
+    for (model, method), g in ok.groupby(["model", "method"], observed=True):
+        t = mean_interval(g["seconds_per_epoch"])
+        m = mean_interval(g["peak_memory_bytes"].astype(float) / 2**30)
+        rows.append({"model": model, "method": method, "seconds_per_epoch": t.mean, "seconds_ci95": t.half_width,
+                     "peak_memory_gib": m.mean, "memory_ci95": m.half_width,
+                     "memory_kind": g["memory_kind"].dropna().iloc[0] if g["memory_kind"].notna().any() else "",
+                     "runs": t.n})
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["method"] = pd.Categorical(out["method"], categories=METHOD_ORDER, ordered=True)
+    return out
 
 
 def epochs_long(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run and epoch: gradient norm and validation loss (Fig. 2)."""
     rows = []
-    for _, r in df.iterrows():
+    for _, r in df[df["status"] == "ok"].iterrows():
         for ep in r["record"]["epochs"]:
             rows.append({"model": r["model"], "benchmark": r["benchmark"], "method": r["method"], "seed": r["seed"],
                          **{k: ep.get(k) for k in ("epoch", "train_loss", "val_loss", "grad_norm", "seconds",
                                                    "orthogonality_error")}})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["method"] = pd.Categorical(out["method"], categories=METHOD_ORDER, ordered=True)
+    return out
 
 
 def lambda_long(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for _, r in df[df["method"] == "hybrid"].iterrows():
+    for _, r in df[(df["method"] == "hybrid") & (df["status"] == "ok")].iterrows():
         for layer, values in (r["record"].get("hybrid_lambda") or {}).items():
             for i, v in enumerate(values):
                 rows.append({"model": r["model"], "benchmark": r["benchmark"], "seed": r["seed"],
@@ -113,10 +205,20 @@ def lambda_long(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def params_frame(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.groupby(["model", "method"], observed=True).agg(trainable=("trainable", "first"),
+    ok = df[df["status"] == "ok"]
+    out = ok.groupby(["model", "method"], observed=True).agg(trainable=("trainable", "first"),
                                                             total=("total", "first")).reset_index()
     out["percent"] = 100 * out["trainable"] / out["total"]
     return out
+
+
+def failures(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs that did not finish ok, with the first line of their error."""
+    bad = df[df["status"] != "ok"]
+    return pd.DataFrame([{"model": r["model"], "benchmark": r["benchmark"], "method": r["method"],
+                          "seed": r["seed"], "status": r["status"],
+                          "error": (str(r["error"] or "").strip().splitlines() or ["(no message)"])[0][:160]}
+                         for _, r in bad.iterrows()])
 
 
 def run_index(df: pd.DataFrame, book_dir: Path = GENERATED) -> pd.DataFrame:
@@ -125,7 +227,7 @@ def run_index(df: pd.DataFrame, book_dir: Path = GENERATED) -> pd.DataFrame:
     for _, r in df.iterrows():
         nb = Path(r["path"]).parent / "run.ipynb"
         rows.append({"model": r["model"], "benchmark": r["benchmark"], "method": r["method"], "seed": r["seed"],
-                     "status": r["status"], "notebook": str(nb) if nb.exists() else None})
+                     "status": r["status"], "notebook": str(nb) if nb.exists() else "(not written)"})
     return pd.DataFrame(rows)
 
 
@@ -216,220 +318,7 @@ def cli_main(argv: list[str]) -> int:
     return 0
 
 
-# --- page helpers: each shows a table or figure and glues its key numbers --------------------
-
-
-def _md(text: str) -> None:
-    from IPython.display import Markdown, display
-
-    display(Markdown(text))
-
-
-def _glue(key: str, value, display: bool = False) -> None:
-    try:
-        from myst_nb import glue
-    except ImportError:
-        return
-    glue(key, float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value,
-         display=display)
-
-
-def _html(frame: pd.DataFrame, floatfmt: str = "{:.4g}") -> None:
-    from IPython.display import HTML, display
-
-    display(HTML(frame.to_html(index=False, float_format=lambda x: floatfmt.format(x), na_rep="-",
-                               classes="hupeft-table", border=0, escape=True, justify="left")))
-
-
-def provenance(df: pd.DataFrame, preset: str) -> None:
-    """One line: which preset produced this page, from how many runs, finished when."""
-    finished = max((r.get("finished_at") or 0) for r in df["record"])
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(finished)) if finished else "unknown"
-    ok = int((df["status"] == "ok").sum())
-    _glue("preset", preset)
-    _glue("runs", len(df))
-    _md(f"*Computed from {len(df)} run records of preset `{preset}` ({ok} ok), the last finished {when}.*")
-
-
-def setup_tables(df: pd.DataFrame) -> None:
-    rows = []
-    for (model, bench), g in df.groupby(["model", "benchmark"]):
-        cfg = g.iloc[0]["record"]["config"]
-        data = cfg.get("data", {})
-        rows.append({"model": model, "model source": cfg.get("model_source"), "benchmark": bench,
-                     "data": data.get("description"), "synthetic": data.get("synthetic"),
-                     "train source": data.get("sources", {}).get("train"),
-                     "n_train / n_val / n_eval": f"{data.get('n_train')} / {data.get('n_val')} / {data.get('n_eval')}",
-                     "seeds": ", ".join(str(s) for s in sorted(g["seed"].unique())),
-                     "task": cfg.get("task"), "precision": cfg.get("precision")})
-    _md("## Models and data\nSynthetic data is generated by the project with a fixed seed; it tests the "
-        "pipeline and the relative behaviour of methods, and is not comparable with the paper's benchmarks.")
-    _html(pd.DataFrame(rows))
-    keys = ["epochs", "lr", "batch_size", "grad_accum", "warmup_ratio", "clip_norm", "max_len", "weight_decay"]
-    hp = []
-    for (model, bench, method), g in df.groupby(["model", "benchmark", "method"], observed=True):
-        cfg = g.iloc[0]["record"]["config"]
-        opts = {k: v for k, v in (cfg.get("method_options") or {}).items() if k != "target_modules"}
-        hp.append({"model": model, "benchmark": bench, "method": method, **{k: cfg.get(k) for k in keys},
-                   "targets": ",".join(cfg.get("method_options", {}).get("target_modules") or ["(default)"]),
-                   "method options": ", ".join(f"{k}={v}" for k, v in opts.items())})
-    _md("## Hyperparameters, as run")
-    _html(pd.DataFrame(hp))
-    env = df.iloc[0]["record"]["environment"]
-    _md(f"## Hardware\n{env.get('device')} ({env.get('device_kind')}), {env.get('cpu_count')} CPUs, "
-        f"{env.get('gpu_count')} GPUs; torch {env['packages'].get('torch')}.")
-
-
-def show_table1(t1: pd.DataFrame) -> None:
-    if t1.empty:
-        _md("No run finished ok, so there is nothing to tabulate.")
-        return
-    _md("Each cell: the per-seed values of our runs, their mean and standard deviation, and where the "
-        "paper reports the same benchmark and method, the paper's mean over the models it lists "
-        "(`paper_models`) and our mean minus it. The paper's numbers are its claims, read from "
-        "`data/paper/table1.csv`; ours come from the records. Our models are not the paper's, so the "
-        "difference is context, not a verdict.")
-    if t1["paper_mean"].isna().all():
-        _md("The paper's Table I values are not in `data/paper/table1.csv` yet (it holds the header only; "
-            "`data/paper/README.md` says why), so its columns show `-`. Add the printed rows there and "
-            "rebuild: the means and differences fill in.")
-    cols = [c for c in ["benchmark", "metric", "method", "model", "runs", "n", "mean", "sd", "paper_mean",
-                        "paper_models", "difference"] if c in t1.columns]
-    _html(t1[cols], "{:.3f}")
-    for _, r in t1.iterrows():
-        _glue(f"t1/{r['model']}/{r['benchmark']}/{r['method']}/{r['metric']}", float(r["mean"]))
-    best = t1.loc[t1.groupby(["benchmark", "metric", "model"], observed=True)["mean"].idxmax()]
-    lines = [f"- {r['model']}, {r['benchmark']} ({r['metric']}): best mean **{r['method']}** "
-             f"({r['mean']:.3f} +- {r['sd']:.3f} over {r['n']} runs)" for _, r in best.iterrows()]
-    _md("Best method per benchmark in our runs:\n" + "\n".join(lines))
-
-
-def plot_table1(t1: pd.DataFrame):
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if t1.empty:
-        return None
-    keys = t1[["benchmark", "metric"]].drop_duplicates().values.tolist()
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False)
-    for ax, (bench, metric) in zip(axes[0], keys):
-        part = t1[(t1["benchmark"] == bench) & (t1["metric"] == metric)]
-        sns.barplot(data=part, x="method", y="mean", hue="model", ax=ax, errorbar=None)
-        for i, (_, r) in enumerate(part.iterrows()):
-            ax.errorbar(i % len(part["method"].unique()), r["mean"], yerr=r["sd"], fmt="none", c="k", lw=0.8)
-        if "paper_mean" in part.columns and part["paper_mean"].notna().any():
-            ax.scatter(range(len(part)), part["paper_mean"], marker="x", c="crimson", zorder=3, label="paper mean")
-        ax.set_title(f"{bench}: {metric}", fontsize=9)
-        ax.tick_params(axis="x", rotation=45, labelsize=8)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    return fig
-
-
-def show_fig1(f1: pd.DataFrame) -> None:
-    kind = ", ".join(sorted(set(f1["memory_kind"].dropna())))
-    _md(f"Mean seconds per training epoch and peak memory per method (memory: `{kind}`; on CPU this is the "
-        "process's peak resident set, which includes the Python runtime and the frozen weights, on GPU "
-        "CUDA's maximum allocated bytes).")
-    _html(f1)
-    for _, r in f1.iterrows():
-        _glue(f"fig1/{r['model']}/{r['method']}/seconds", float(r["seconds_per_epoch"]))
-        _glue(f"fig1/{r['model']}/{r['method']}/memory_gib", float(r["peak_memory_gib"]))
-
-
-def plot_fig1(f1: pd.DataFrame):
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    sns.barplot(data=f1, x="method", y="seconds_per_epoch", hue="model", ax=axes[0])
-    axes[0].set_title("time per epoch (s)")
-    sns.barplot(data=f1, x="method", y="peak_memory_gib", hue="model", ax=axes[1])
-    axes[1].set_title("peak memory (GiB)")
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=45)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_fig2(ep: pd.DataFrame):
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if ep.empty:
-        _md("No epochs recorded.")
-        return None
-    groups = ep[["model", "benchmark"]].drop_duplicates().values.tolist()
-    fig, axes = plt.subplots(len(groups), 2, figsize=(9, 3.0 * len(groups)), squeeze=False)
-    for row, (model, bench) in zip(axes, groups):
-        part = ep[(ep["model"] == model) & (ep["benchmark"] == bench)]
-        sns.lineplot(data=part, x="epoch", y="grad_norm", hue="method", marker="o", ax=row[0])
-        row[0].set_title(f"{model} / {bench}: gradient norm", fontsize=9)
-        sns.lineplot(data=part, x="epoch", y="val_loss", hue="method", marker="o", ax=row[1])
-        row[1].set_title(f"{model} / {bench}: validation loss", fontsize=9)
-        for ax in row:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    return fig
-
-
-def show_fig2(ep: pd.DataFrame) -> None:
-    if ep.empty:
-        return
-    last = ep.sort_values("epoch").groupby(["model", "benchmark", "method"], observed=True).agg(
-        epochs=("epoch", "max"), final_grad_norm=("grad_norm", "last"), final_val_loss=("val_loss", "last"))
-    _md("Mean over seeds of the last epoch's mean global gradient norm (before clipping) and validation loss:")
-    _html(last.reset_index())
-
-
-def plot_lambda(lam: pd.DataFrame):
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if lam.empty:
-        _md("No hybrid run in this preset.")
-        return None
-    _md("The hybrid's lambda per layer and optimiser step (mean over seeds): 1 means all LoRA-GA, 0 all BOFT.")
-    groups = lam[["model", "benchmark"]].drop_duplicates().values.tolist()
-    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.5 + 0.18 * lam["layer"].nunique() + 1.2 * len(groups)),
-                             squeeze=False)
-    for ax, (model, bench) in zip(axes[:, 0], groups):
-        part = lam[(lam["model"] == model) & (lam["benchmark"] == bench)]
-        grid = part.pivot_table(index="layer", columns="step", values="lambda", aggfunc="mean")
-        grid.index = [i.replace("model.", "").replace(".self_attn", "") for i in grid.index]
-        sns.heatmap(grid, vmin=0, vmax=1, cmap="vlag", ax=ax, cbar_kws={"label": "lambda"})
-        ax.set_title(f"{model} / {bench}", fontsize=9)
-        ax.tick_params(axis="y", labelsize=5)
-    fig.tight_layout()
-    stats = lam.groupby("step")["lambda"].agg(["mean", "min", "max"])
-    _glue("lambda_final_mean", float(stats["mean"].iloc[-1]))
-    _glue("lambda_final_min", float(stats["min"].iloc[-1]))
-    _glue("lambda_final_max", float(stats["max"].iloc[-1]))
-    return fig
-
-
-def plot_orthogonality(ep: pd.DataFrame):
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    part = ep.dropna(subset=["orthogonality_error"]) if "orthogonality_error" in ep else ep.iloc[0:0]
-    if part.empty:
-        _md("No rotation-based run (boft, urnn, hybrid) in this preset.")
-        return None
-    _md("Orthogonality / unitarity error max |R^T R - I| per epoch (log scale): how far the rotations "
-        "drift from the manifold in floating point.")
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    sns.lineplot(data=part, x="epoch", y="orthogonality_error", hue="method", style="model", marker="o", ax=ax)
-    ax.set_yscale("log")
-    fig.tight_layout()
-    _glue("orthogonality_error_max", float(part["orthogonality_error"].max()))
-    return fig
-
-
-def show_params(pf: pd.DataFrame) -> None:
-    _md("Trainable parameters per method (counted from the adapted model; classification heads included).")
-    _html(pf, floatfmt="{:.4g}")
+# --- frames for the pages that are not runs' scores ---------------------------------------------
 
 
 def multilingual(df: pd.DataFrame) -> pd.DataFrame:
@@ -438,16 +327,14 @@ def multilingual(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     long = scores_long(part[part["status"] == "ok"])
     long["language"] = long["benchmark"].str.split("/").str[1]
-    return long.groupby(["benchmark", "language", "metric", "method", "model"], observed=True)["value"].agg(
-        mean="mean", sd="std", n="count").reset_index()
+    from .stats import mean_interval
 
-
-def show_multilingual(ml: pd.DataFrame) -> None:
-    if ml.empty:
-        _md("This preset has no XNLI or FLORES runs. Run `hupeft reproduce --preset multilingual` for the "
-            "study (32 training examples per language).")
-        return
-    _html(ml)
+    rows = []
+    for key, g in long.groupby(["benchmark", "language", "metric", "method", "model"], observed=True):
+        iv = mean_interval(g["value"])
+        rows.append(dict(zip(["benchmark", "language", "metric", "method", "model"], key),
+                         mean=iv.mean, ci95=iv.half_width, n=iv.n))
+    return pd.DataFrame(rows)
 
 
 def resource_check() -> pd.DataFrame:
@@ -461,9 +348,9 @@ def resource_check() -> pd.DataFrame:
     rows = []
     for entry in spec.get("models", spec if isinstance(spec, list) else []):
         n = param_count(entry)
-        rows.append({"model": entry.get("id") or entry.get("name"), "parameters (B)": n / 1e9 if n else None,
-                     "bf16 weights (GiB)": 2 * n / 2**30 if n else None,
-                     "4-bit weights (GiB)": 0.5 * n / 2**30 if n else None,
+        rows.append({"model": entry.get("id") or entry.get("name"), "parameters (B)": n / 1e9 if n else float("nan"),
+                     "bf16 weights (GiB)": 2 * n / 2**30 if n else float("nan"),
+                     "4-bit weights (GiB)": 0.5 * n / 2**30 if n else float("nan"),
                      "paper reports": entry.get("paper_memory"), "source": entry.get("source")})
     return pd.DataFrame(rows)
 
@@ -488,30 +375,3 @@ def param_count(c: dict) -> int | None:
     mlp = 3 * h * inter
     emb = vocab * h * (1 if c.get("tie_word_embeddings") else 2)
     return emb + layers * (attn + mlp + 2 * h) + h
-
-
-def show_resources(rc: pd.DataFrame) -> None:
-    if rc.empty:
-        _md("`data/paper/models.yaml` is missing.")
-        return
-    _md("The memory the frozen weights alone need, computed from each model's configuration "
-        "(parameters x 2 bytes in bf16, x 0.5 in 4-bit), beside what the paper reports. Training needs "
-        "more: activations, adapter states and, for full fine-tuning, gradients and optimiser moments.")
-    _html(rc)
-    for _, r in rc.iterrows():
-        if r["bf16 weights (GiB)"] is not None:
-            _glue(f"bf16_gib/{r['model']}", float(r["bf16 weights (GiB)"]))
-
-
-def show_environment(df: pd.DataFrame) -> None:
-    envs = pd.DataFrame([{"commit": (r["environment"].get("git_commit") or "")[:12],
-                          "device": r["environment"].get("device"), "python": r["environment"].get("python"),
-                          **{k: v for k, v in r["environment"]["packages"].items()}} for r in df["record"]])
-    _md("Environments the runs were executed in (distinct rows):")
-    _html(envs.drop_duplicates())
-
-
-def show_run_index(df: pd.DataFrame) -> None:
-    idx = run_index(df)
-    _md("Every run of this preset, with its executed notebook (in the results folder) and record:")
-    _html(idx)
