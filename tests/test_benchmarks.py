@@ -227,6 +227,34 @@ def test_causal_scoring_picks_the_likelier_label_word(offline, tiny_llama, lette
     assert preds == [label] * len(ex)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["glue/sst2", "glue/qnli"])
+def test_single_token_label_scoring_matches_the_summed_log_likelihood(offline, task):
+    """SmolLM2's label words are one token each: the one-row-per-example path must choose what the
+    general path (one row per example and label word) chooses, on a random model with that vocabulary."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from hupeft import models
+    from hupeft.benchmarks.glue import predict_causal
+
+    tok = AutoTokenizer.from_pretrained(models.smollm2_checkpoint())
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         initializer_range=1.0))  # large weights: context matters
+    b = benchmarks.get(task)
+    # Opposite output rows for the two label tokens: which wins depends on each prompt's hidden state.
+    a, c = (tok.encode(" " + w, add_special_tokens=False)[0] for w in b.label_words)
+    with torch.no_grad():
+        model.lm_head.weight[a] = 5 * torch.randn(32)
+        model.lm_head.weight[c] = -model.lm_head.weight[a]
+    ex = b.load("validation", n=24).examples
+    fast = predict_causal(b, model, tok, ex, 8, False)
+    general = predict_causal(b, model, tok, ex, 8, False, fast=False)
+    assert fast == general and len(set(fast)) == 2  # both labels occur: the check can tell them apart
+
+
 def test_generate_left_padding_matches_one_by_one(tiny_llama):
     from hupeft.generation import cut, generate
 

@@ -45,7 +45,7 @@ class ClassificationBenchmark(Benchmark):
 
 
 @torch.no_grad()
-def predict_causal(bench, model, tokenizer, examples, batch_size, progress) -> list[int]:
+def predict_causal(bench, model, tokenizer, examples, batch_size, progress, fast: bool = True) -> list[int]:
     """Label ids by the summed log-likelihood of each label word after the prompt."""
     from tqdm.auto import tqdm
 
@@ -54,6 +54,13 @@ def predict_causal(bench, model, tokenizer, examples, batch_size, progress) -> l
     words = [tokenizer.encode(" " + w, add_special_tokens=False) for w in bench.label_words]
     was_training = model.training
     model.eval()
+    if fast and all(len(w) == 1 for w in words):
+        # Every label is one token: one row per example, and the label tokens' logits at the
+        # prompt's last position decide (the same argmax as summed log-likelihoods, k x cheaper).
+        preds = _predict_single_token(bench, model, tokenizer, examples, batch_size, progress,
+                                      [w[0] for w in words], device, limit, pad)
+        model.train(was_training)
+        return preds
     preds = []
     for start in tqdm(range(0, len(examples), batch_size), desc=f"score {bench.name}", disable=not progress,
                       leave=False):
@@ -79,6 +86,27 @@ def predict_causal(bench, model, tokenizer, examples, batch_size, progress) -> l
         k = len(words)
         preds.extend(max(range(k), key=lambda j: scores[r + j]) for r in range(0, len(scores), k))
     model.train(was_training)
+    return preds
+
+
+def _predict_single_token(bench, model, tokenizer, examples, batch_size, progress, label_ids, device, limit,
+                          pad) -> list[int]:
+    from tqdm.auto import tqdm
+
+    preds = []
+    for start in tqdm(range(0, len(examples), batch_size), desc=f"score {bench.name}", disable=not progress,
+                      leave=False):
+        prompts = [tokenizer.encode(bench.format_causal(ex)[0], add_special_tokens=True)[-(limit - 1):]
+                   for ex in examples[start:start + batch_size]]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, :len(p)], mask[i, :len(p)] = torch.tensor(p), 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        last = torch.tensor([len(p) - 1 for p in prompts], device=logits.device)
+        at = logits[torch.arange(len(prompts), device=logits.device), last]
+        preds.extend(at[:, label_ids].float().argmax(-1).tolist())
     return preds
 
 
