@@ -119,3 +119,164 @@ def test_the_record_counts_truncated_examples(offline, tmp_path):
     assert set(info["truncated"]) == set(info["longest_tokens"]) == {"train", "val", "eval"}
     assert 0 < info["truncated"]["train"] <= 8 and info["longest_tokens"]["train"] > 80
     assert info["truncated"]["eval"] == 0 and 0 < info["longest_tokens"]["eval"] <= 256 - 4
+
+
+# --- bad input: refused before any work, one line, nothing written ----------------------------
+
+BASE = ["--model", "tiny-llama", "--method", "lora", "--benchmark", "mtbench", "--set", "n_train=8", "--set", "n_val=4",
+        "--set", "max_new_tokens=8"]
+
+
+def refused(argv: list[str], tmp_path, capsys) -> str:
+    from hupeft.experiment import cli_main
+
+    out = tmp_path / "out"
+    assert cli_main(argv + ["--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert not out.exists()
+    return err
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("epochs=many", "--set epochs='many': expected an integer, e.g. --set epochs=1"),
+    ("epochs=none", "--set epochs='none': expected an integer, e.g."),
+    ("lr=abc", "--set lr='abc': expected a number, e.g. --set lr="),
+    ("lr=nan", "--set lr='nan': expected a number"),
+    ("n_train=1.5", "--set n_train='1.5': expected an integer or none, e.g. --set n_train=64"),
+    ("max_len=true", "--set max_len='true': expected an integer, e.g. --set max_len=256"),
+    ("gradient_checkpointing=maybe", "expected true or false, e.g. --set gradient_checkpointing=false"),
+    ("warmup_ratio=2", "warmup_ratio must be between 0 and 1"),
+    ("method.r=abc", "--set method.r='abc': expected an integer, e.g. --set method.r=16"),
+    ("method.dropout=lots", "--set method.dropout='lots': expected a number"),
+    ("max_len=1", "max_len=1 is shorter than the longest target"),
+    ("max_len=1000", "max_len=1000 exceeds the 256 positions of tiny-llama; lower it, e.g. --set max_len=256"),
+    ("max_new_tokens=250", "max_new_tokens=250 leaves no room for the prompt"),
+    ("data_dir=/nonexistent/data", "data folder /nonexistent/data does not exist"),
+])
+def test_bad_setting_is_refused_with_one_line(setting, message, offline, tmp_path, capsys):
+    err = refused(BASE + ["--set", setting], tmp_path, capsys)
+    assert err.startswith("hupeft run: ") and message in err
+
+
+def test_max_len_too_short_names_one_that_trains(offline, tmp_path, capsys):
+    """The refusal's suggestion is a max_len the run accepts and that cuts nothing."""
+    from hupeft.config import RunConfig, apply_overrides, validate
+
+    err = refused(BASE + ["--set", "max_len=1"], tmp_path, capsys)
+    fix = int(err.rsplit("--set max_len=", 1)[1])
+    cfg = validate(apply_overrides(RunConfig(), BASE[7::2] + [f"max_len={fix}", "benchmark=mtbench"]))
+    assert cfg.max_len == fix
+
+
+def test_optional_settings_accept_none_and_numbers_become_floats():
+    from hupeft.config import RunConfig, apply_overrides
+
+    cfg = apply_overrides(RunConfig(), ["n_train=none", "max_new_tokens=null", "lr=1", "method.alpha=8",
+                                        "gradient_checkpointing=yes", "method.target_modules=q_proj,v_proj"])
+    assert cfg.n_train is None and cfg.max_new_tokens is None and cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.method_options == {"alpha": 8.0, "target_modules": ("q_proj", "v_proj")}
+    assert cfg.gradient_checkpointing is True
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"epochs": "many"}, "epochs='many': expected an integer, e.g. epochs: 1"),
+    ({"epochs": 2.0}, "epochs=2.0: expected an integer"),
+    ({"lr": "1e-4"}, "lr='1e-4': expected a number"),
+    ({"gradient_checkpointing": 1}, "gradient_checkpointing=1: expected true or false"),
+    ({"method_options": {"r": "8"}}, "method.r='8': expected an integer, e.g. method.r: 16"),
+])
+def test_config_values_from_a_preset_are_type_checked(values, message, offline):
+    from hupeft.config import ConfigError, RunConfig, validate
+
+    with pytest.raises(ConfigError) as e:
+        validate(RunConfig.from_dict({"model": "tiny-llama", "benchmark": "mtbench", "max_new_tokens": 8, **values}))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_config_built_in_python_is_type_checked_too(offline):
+    from hupeft.config import ConfigError, RunConfig
+    from hupeft.experiment import run
+
+    with pytest.raises(ConfigError, match="epochs='many': expected an integer"):
+        run(RunConfig(model="tiny-llama", benchmark="mtbench", epochs="many"), None)
+
+
+def write_jsonl(path, rows: list[dict]) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_data_dir_without_the_benchmark_is_refused(offline, tmp_path, capsys):
+    write_jsonl(tmp_path / "data" / "sst2" / "train.jsonl", [{"sentence": "good", "label": 1}])
+    err = refused(BASE + ["--set", f"data_dir={tmp_path / 'data'}"], tmp_path, capsys)
+    assert "has no wmt14-de-en/*.jsonl" in err and "drop data_dir" in err
+
+
+def test_data_dir_from_the_environment_is_checked_and_named(offline, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(benchmarks.DATA_ENV, str(tmp_path / "missing"))
+    err = refused(BASE, tmp_path, capsys)
+    assert "does not exist" in err and f"unset {benchmarks.DATA_ENV}" in err
+
+
+def test_data_dir_with_some_splits_but_not_the_one_needed_is_refused_offline(offline, tmp_path, capsys):
+    write_jsonl(tmp_path / "data" / "sst2" / "validation.jsonl", [{"sentence": "good", "label": 1}] * 4)
+    argv = ["--model", "tiny-bert", "--method", "lora", "--benchmark", "glue/sst2",
+            "--set", f"data_dir={tmp_path / 'data'}"]
+    err = refused(argv, tmp_path, capsys)
+    assert "has splits ['validation'] but not 'train'" in err
+
+
+def test_a_data_dir_that_has_the_benchmark_is_used(offline, tmp_path):
+    from hupeft.config import RunConfig, validate
+
+    rows = [{"translation": {"en": f"the cat {i} sleeps", "de": f"die Katze {i} schläft"}} for i in range(40)]
+    write_jsonl(tmp_path / "wmt14-de-en" / "test.jsonl", rows)
+    cfg = validate(RunConfig(model="tiny-llama", benchmark="mtbench", data_dir=str(tmp_path), n_train=8, n_val=4,
+                             n_eval=4, max_new_tokens=8))
+    split = benchmarks.get("mtbench").load("test", data_dir=cfg.data_dir)
+    assert split.source == f"local:{tmp_path / 'wmt14-de-en' / 'test.jsonl'}"
+
+
+def test_the_command_line_exits_2(offline, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "hupeft", "run", *BASE, "--set", "epochs=many", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "hupeft run: --set epochs='many': expected an integer, e.g. --set epochs=1"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--set", "lr=abc"], "--set lr='abc': expected a number"),
+    (["--set", "max_len=1"], "max_len=1 is shorter than the longest target"),
+    (["--set", "data_dir=/nonexistent/data"], "data folder /nonexistent/data does not exist"),
+])
+def test_grid_refuses_bad_settings_with_one_line(extra, message, offline, tmp_path, capsys):
+    from hupeft.grid import cli_main
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("description: one cell\nseeds: [0]\nmethods: [lora]\n"
+                      "defaults: {epochs: 1, n_train: 8, n_val: 4, n_eval: 4, max_new_tokens: 8}\n"
+                      "models:\n  tiny-llama:\n    benchmarks: [mtbench]\n")
+    results = tmp_path / "results"
+    assert cli_main(["--preset", str(preset), "--results", str(results), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and err.startswith("hupeft grid: tiny-llama mtbench lora: ")
+    assert not results.exists()
+
+
+def test_grid_refuses_a_preset_value_of_the_wrong_type(offline, tmp_path, capsys):
+    from hupeft.grid import cli_main
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("description: one cell\nseeds: [0]\nmethods: [lora]\ndefaults: {epochs: many}\n"
+                      "models:\n  tiny-bert:\n    benchmarks: [glue/sst2]\n")
+    assert cli_main(["--preset", str(preset), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "hupeft grid: tiny-bert glue/sst2 lora: epochs='many': expected an integer, e.g. epochs: 1"
