@@ -80,11 +80,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """A config from plain values (a preset's YAML, a JSON listing); every value type-checked."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(names))}")
-        return cls(**d)
+        return cls(**check_types(d))
 
 
 def field_docs() -> dict[str, str]:
@@ -95,55 +96,170 @@ def field_docs() -> dict[str, str]:
     return dict(re.findall(r"\n    (\w+): [^\n]*\n    \"\"\"(.*?)\"\"\"", src, flags=re.S))
 
 
-def _parse_value(text: str, kind: Any) -> Any:
+# --- value types: every key's value is checked against its annotation before any work --------
+
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text",
+          tuple: "a comma-separated list", dict: "a mapping"}
+_EXAMPLES = {int: 3, float: 0.5, bool: "true", str: "name", tuple: "q_proj,v_proj", dict: "{}"}
+
+
+class _WrongType(ValueError):
+    """A value that does not fit its annotation (turned into a ConfigError naming the key)."""
+
+
+def _kind(hint: Any) -> tuple[type, bool]:
+    """The plain type behind an annotation, and whether None is allowed (`int | None`)."""
+    import typing
+
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint) or hint
+    return (origin if origin in _WORDS else str), optional
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """`value` as the annotation's type; _WrongType when it is not one (no silent conversions
+    but int -> float and list -> tuple, which YAML and JSON cannot tell apart)."""
+    import math
+
+    kind, optional = _kind(hint)
+    if value is None and optional:
+        return None
+    ok = {int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          bool: isinstance(value, bool), str: isinstance(value, str), dict: isinstance(value, dict),
+          tuple: isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value)}[kind]
+    if not ok or (kind is float and not math.isfinite(value)):
+        raise _WrongType(value)
+    return float(value) if kind is float else tuple(value) if kind is tuple else value
+
+
+def _parse(text: str, hint: Any) -> Any:
+    """Command-line text as the annotation's type; _WrongType when it does not parse."""
     import json
 
-    if text.lower() in ("none", "null"):
-        return None
-    if kind in (bool, "bool"):
-        if text.lower() in ("1", "true", "yes"):
+    kind, optional = _kind(hint)
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        if optional:
+            return None
+        raise _WrongType(text)
+    if kind is bool:
+        if low in ("1", "true", "yes"):
             return True
-        if text.lower() in ("0", "false", "no"):
+        if low in ("0", "false", "no"):
             return False
-        raise ValueError(text)
-    try:
-        return json.loads(text)
-    except ValueError:
+        raise _WrongType(text)
+    if kind is int and re.fullmatch(r"[+-]?\d+", text.strip()):
+        return int(text)
+    if kind is float:
+        try:
+            return _coerce(float(text), float)
+        except ValueError:
+            raise _WrongType(text) from None
+    if kind is tuple:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+    if kind is dict:
+        try:
+            return _coerce(json.loads(text), dict)
+        except ValueError:
+            raise _WrongType(text) from None
+    if kind is str:
         return text
+    raise _WrongType(text)
+
+
+def _type_error(key: str, value: Any, hint: Any, default: Any, cli: bool) -> ConfigError:
+    """One line naming the expected type and an example in the form the user wrote."""
+    kind, optional = _kind(hint)
+    example = default if default is not None and not isinstance(default, (dict, tuple)) else _EXAMPLES[kind]
+    if isinstance(example, bool):
+        example = str(example).lower()
+    expected = _WORDS[kind] + (" or none" if optional else "")
+    how = f"--set {key}={example}" if cli else f"{key}: {example}"
+    return ConfigError(f"{'--set ' if cli else ''}{key}={value!r}: expected {expected}, e.g. {how}")
+
+
+def _defaults(cls) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def check_types(d: dict[str, Any]) -> dict[str, Any]:
+    """Config values as their fields' types (int -> float where a float is due); ConfigError for
+    the first that is not."""
+    import typing
+
+    hints, defaults = typing.get_type_hints(RunConfig), _defaults(RunConfig)
+    out = dict(d)
+    for key, value in d.items():
+        try:
+            out[key] = _coerce(value, hints[key])
+        except _WrongType:
+            raise _type_error(key, value, hints[key], defaults[key], cli=False) from None
+    return out
+
+
+def check_method_types(method: str, options: dict[str, Any], cli: bool = False) -> dict[str, Any]:
+    """Method options as their fields' types (text parsed when `cli`); unknown names are left
+    for the method to refuse, so its message lists the valid ones."""
+    import typing
+
+    from hupeft import methods
+
+    cls = methods.options_class(method)
+    hints, defaults = typing.get_type_hints(cls), _defaults(cls)
+    out = dict(options)
+    for name, value in options.items():
+        if name not in hints:
+            continue
+        try:
+            out[name] = _parse(value, hints[name]) if cli else _coerce(value, hints[name])
+        except _WrongType:
+            raise _type_error(f"method.{name}", value, hints[name], defaults[name], cli) from None
+    return out
 
 
 def apply_overrides(cfg: RunConfig, pairs: list[str]) -> RunConfig:
-    """`key=value` pairs onto a config; `method.<opt>=v` sets a method option."""
+    """`key=value` pairs onto a config, each value parsed as its field's type; `method.<opt>=v`
+    sets a method option (parsed as that option's type when the method is known)."""
     import typing
 
-    hints = typing.get_type_hints(RunConfig)
+    from hupeft import methods
+
+    hints, defaults = typing.get_type_hints(RunConfig), _defaults(RunConfig)
     d = cfg.to_dict()
+    texts: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r} is not key=value; e.g. --set lr=1e-4")
         key, _, text = pair.partition("=")
         key = key.strip()
         if key.startswith("method."):
-            d["method_options"] = {**d["method_options"], key[7:]: _parse_value(text, None)}
+            texts[key[7:]] = text
             continue
         if key not in hints:
             raise ConfigError(f"unknown --set key {key!r}; valid keys: {', '.join(sorted(hints))}, or method.<option>")
         try:
-            d[key] = _parse_value(text, bool if hints[key] is bool else None)
-        except ValueError:
-            raise ConfigError(f"--set {key}={text!r}: expected true/false") from None
-        if hints[key] in (float, "float") and isinstance(d[key], int):
-            d[key] = float(d[key])
+            d[key] = _parse(text, hints[key])
+        except _WrongType:
+            raise _type_error(key, text, hints[key], defaults[key], cli=True) from None
+    if texts and d["method"] in methods.METHODS:
+        texts = check_method_types(d["method"], texts, cli=True)
+    d["method_options"] = {**d["method_options"], **texts}
     return RunConfig.from_dict(d)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Check everything that can be checked without loading weights; resolve `task`."""
-    import torch
+    """Check everything that can be checked without loading weights; resolve `task`.
 
+    The data is loaded and tokenized here (cheap: no model weights), so a data folder that
+    cannot serve the benchmark or a max_len too short for its targets is refused up front."""
     from hupeft import benchmarks, methods, models
     from hupeft.methods import MethodError
 
+    cfg = RunConfig(**check_types(cfg.to_dict()))
     if cfg.method not in methods.METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(sorted(methods.METHODS))}")
     try:
@@ -154,18 +270,36 @@ def validate(cfg: RunConfig) -> RunConfig:
         bench = benchmarks.get(cfg.benchmark)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for name in ("epochs",):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}; e.g. --set {name}=1")
+    _check_ranges(cfg)
+    task = _resolve_task(cfg, bench)
+    try:
+        opts = methods.make_options(cfg.method, check_method_types(cfg.method, cfg.method_options))
+    except (MethodError, TypeError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    _check_layer_shapes(cfg, task, opts)
+    _check_data(cfg, bench, task)
+    return dataclasses.replace(cfg, task=task)
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    import torch
+
+    if cfg.epochs < 0:
+        raise ConfigError(f"epochs must be >= 0, got {cfg.epochs}; e.g. --set epochs=1")
     for name in ("batch_size", "grad_accum", "max_len", "n_val", "eval_batch_size", "init_batches"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
-    for name in ("n_train", "n_eval"):
+    for name in ("n_train", "n_eval", "max_new_tokens", "n_samples", "temperature", "inject_nan_step"):
         v = getattr(cfg, name)
         if v is not None and v <= 0:
             raise ConfigError(f"{name} must be > 0 or none, got {v}")
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be > 0, got {cfg.lr}; e.g. --set lr=2e-4")
+    for name in ("weight_decay", "clip_norm"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.warmup_ratio <= 1:
+        raise ConfigError(f"warmup_ratio must be between 0 and 1, got {cfg.warmup_ratio}; e.g. --set warmup_ratio=0.1")
     if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise ConfigError(f"mixed_precision must be auto, no, bf16 or fp16, not {cfg.mixed_precision!r}")
     if cfg.quantization not in (None, "4bit", "8bit"):
@@ -175,6 +309,11 @@ def validate(cfg: RunConfig) -> RunConfig:
                           "run without it on this machine (--set quantization=none)")
     if cfg.quantization and cfg.method == "full":
         raise ConfigError("full fine-tuning cannot train a quantized base; drop quantization or pick an adapter")
+
+
+def _resolve_task(cfg: RunConfig, bench) -> str:
+    from hupeft import models
+
     task = cfg.task
     if task == "auto":
         encoder = cfg.model in ("minilm-l6", "tiny-bert")
@@ -185,12 +324,45 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"{cfg.benchmark} is a generation benchmark; it needs task=causal-lm")
     if task == "causal-lm" and cfg.model in ("minilm-l6", "tiny-bert"):
         raise ConfigError(f"{cfg.model} is an encoder and cannot generate; use smollm2-135m or tiny-llama")
+    return task
+
+
+def _check_data(cfg: RunConfig, bench, task: str) -> None:
+    """Load the run's examples (no weights) and refuse what could only be used cut or replaced:
+    a data folder that cannot serve the benchmark, a max_len without room for every training and
+    validation target and its prompt's end, a generation budget that leaves no room for the prompt."""
+    from hupeft import data, models
+
     try:
-        opts = methods.make_options(cfg.method, cfg.method_options)
-    except (MethodError, TypeError) as e:
+        bench.check_local([s for s in bench.splits.values() if s], cfg.data_dir)
+        splits = data.load_splits(bench, cfg)
+    except ValueError as e:  # BenchmarkError, or no training examples left
         raise ConfigError(str(e).splitlines()[0]) from None
-    _check_layer_shapes(cfg, task, opts)
-    return dataclasses.replace(cfg, task=task)
+    tok, config = models.tokenizer(cfg.model), models.model_config(cfg.model)
+    if tok is None:  # a hub id we cannot see offline: the run's own encoding will check
+        return
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if positions and cfg.max_len > positions:
+        raise ConfigError(f"max_len={cfg.max_len} exceeds the {positions} positions of {cfg.model}; "
+                          f"lower it, e.g. --set max_len={positions}")
+    examples = splits.train + splits.val
+    try:
+        if task == "seq-cls":
+            data.check_seqcls_fits(bench.name, data.seqcls_lengths(bench, tok, examples), cfg.max_len,
+                                   positions)
+        else:
+            pieces = data.tokenize_causal(bench, tok, examples)
+            if positions and max(p.needed for p in pieces) > positions:
+                raise ConfigError(f"the longest target of {bench.name} ({max(len(p.target) for p in pieces)} "
+                                  f"tokens) does not fit the {positions} positions of {cfg.model}; "
+                                  "choose a model with more positions or a benchmark with shorter answers")
+            data.check_causal_fits(bench.name, pieces, cfg.max_len, positions)
+    except data.TooLong as e:
+        raise ConfigError(str(e)) from None
+    budget = cfg.max_new_tokens or getattr(bench, "default_max_new_tokens", 0)
+    if bench.kind == "generation" and positions and positions - budget < 1 + data.MIN_PROMPT_TAIL:
+        raise ConfigError(f"max_new_tokens={budget} leaves no room for the prompt in the {positions} positions "
+                          f"of {cfg.model}; lower it, e.g. --set max_new_tokens={positions // 2}")
 
 
 def _check_layer_shapes(cfg: RunConfig, task: str, opts) -> None:

@@ -2,6 +2,10 @@
 
 Causal LM: prompt + target (+ EOS), loss on target tokens only (prompt and padding get label
 -100). Sequence classification: text (and text pair) with an integer label.
+
+Truncation is never silent: a causal-LM example longer than max_len loses the start of its
+prompt, never the prompt's end or any of its target; one whose target leaves no room for the
+prompt's end is refused with the max_len that fits; and every cut is counted for the record.
 """
 
 from __future__ import annotations
@@ -58,23 +62,137 @@ def load_splits(bench, cfg) -> Splits:
     return Splits(train, val, evals, sources, bool(eval_split.synthetic), eval_split.description)
 
 
-def encode(bench, tokenizer, examples: list[dict], task: str, max_len: int) -> list[dict]:
+# --- token budgets: truncation is never silent ------------------------------------------------
+
+MIN_PROMPT_TAIL = 16
+"""Tokens of a prompt's end that a cut example keeps at least: the question's last words and the
+cue to answer ("...does she have?\\nAnswer:"). Fewer, and the target is learnt without its question."""
+
+
+class TooLong(ValueError):
+    """An example that cannot fit its token limit without losing its target; one line naming the fix."""
+
+
+@dataclass
+class Truncation:
+    """Examples of one part (train, val, eval) cut to a token limit, and the longest one before."""
+
+    count: int = 0
+    longest: int = 0
+
+    def see(self, n_tokens: int, limit: int) -> bool:
+        """Note one example of `n_tokens`; True when it has to be cut to `limit`."""
+        self.longest = max(self.longest, n_tokens)
+        cut = n_tokens > limit
+        self.count += int(cut)
+        return cut
+
+
+class Encoded(list):
+    """Encoded examples, with how many of them were cut to max_len (`truncation`)."""
+
+    truncation: Truncation
+
+
+def special_head(tokenizer, text: str, ids: list[int]) -> int:
+    """How many special tokens (BOS) the tokenizer put before `text` in `ids`: a left cut keeps them."""
+    plain = tokenizer.encode(text, add_special_tokens=False)
+    extra = len(ids) - len(plain)
+    return extra if extra > 0 and ids[extra:] == plain else 0
+
+
+def keep_end(ids: list[int], room: int, head: int = 0) -> list[int]:
+    """`ids` in at most `room` tokens: the first `head` (special) tokens, then as much of the end
+    as fits. The end of a prompt holds the question and the cue to answer; its start is context."""
+    if len(ids) <= room:
+        return list(ids)
+    head = min(head, max(room - 1, 0))
+    return list(ids[:head]) + list(ids[len(ids) - (room - head):])
+
+
+@dataclass
+class Pieces:
+    """One causal-LM example in tokens: prompt (with `head` special tokens in front) and target + EOS."""
+
+    prompt: list[int]
+    head: int
+    target: list[int]
+
+    @property
+    def needed(self) -> int:
+        """The fewest tokens this example can be cut to: its whole target and its prompt's end."""
+        return len(self.target) + min(len(self.prompt), self.head + MIN_PROMPT_TAIL)
+
+
+def tokenize_causal(bench, tokenizer, examples: list[dict]) -> list[Pieces]:
     out = []
     for ex in examples:
-        if task == "seq-cls":
-            text, pair, label = bench.format_seqcls(ex)
-            enc = tokenizer(text, pair, truncation=True, max_length=max_len)
-            out.append({"input_ids": list(enc["input_ids"]), "labels": int(label)})
-            continue
         prompt, target = bench.format_causal(ex)
         p_ids = tokenizer.encode(prompt, add_special_tokens=True)
         t_ids = tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id]
-        ids = (p_ids + t_ids)[:max_len]
-        labels = ([IGNORE] * len(p_ids) + t_ids)[:max_len]
-        if all(l == IGNORE for l in labels):  # prompt alone fills max_len: keep the target's end
-            ids = (p_ids[: max(1, max_len - len(t_ids))] + t_ids)[:max_len]
-            labels = ([IGNORE] * (len(ids) - len(t_ids)) + t_ids)[:max_len]
-        out.append({"input_ids": ids, "labels": labels})
+        out.append(Pieces(p_ids, special_head(tokenizer, prompt, p_ids), t_ids))
+    return out
+
+
+def seqcls_lengths(bench, tokenizer, examples: list[dict]) -> list[int]:
+    """Untruncated token counts of sequence-classification inputs (text and pair)."""
+    lengths = []
+    for ex in examples:
+        text, pair, _ = bench.format_seqcls(ex)
+        lengths.append(len(tokenizer(text, pair, truncation=False)["input_ids"]))
+    return lengths
+
+
+def suggest_max_len(longest: int) -> int:
+    """A max_len that cuts nothing: the longest example, rounded up to a multiple of 16."""
+    return -(-longest // 16) * 16
+
+
+def check_causal_fits(name: str, pieces: list[Pieces], max_len: int, positions: int | None = None) -> None:
+    """TooLong unless every example keeps its whole target and its prompt's end in max_len
+    (the suggested max_len cuts nothing, within the model's `positions` when given)."""
+    need = max((p.needed for p in pieces), default=0)
+    if max_len >= need:
+        return
+    target = max(len(p.target) for p in pieces)
+    fix = suggest_max_len(max(len(p.prompt) + len(p.target) for p in pieces))
+    fix = min(fix, positions) if positions else fix
+    raise TooLong(f"max_len={max_len} is shorter than the longest target ({target} tokens) of {name} and "
+                  f"the end of its question; raise it, e.g. --set max_len={fix}")
+
+
+def check_seqcls_fits(name: str, lengths: list[int], max_len: int, positions: int | None = None) -> None:
+    """TooLong when max_len leaves an example fewer than MIN_PROMPT_TAIL tokens to classify."""
+    need = max((min(n, MIN_PROMPT_TAIL) for n in lengths), default=0)
+    if max_len < need:
+        fix = suggest_max_len(max(lengths))
+        fix = min(fix, positions) if positions else fix
+        raise TooLong(f"max_len={max_len} leaves too little of {name}'s text to classify; raise it, "
+                      f"e.g. --set max_len={fix}")
+
+
+def encode(bench, tokenizer, examples: list[dict], task: str, max_len: int) -> Encoded:
+    """Token ids and labels within max_len. A causal-LM prompt that does not fit loses its start
+    (its end and the whole target stay); an example whose target leaves no room for its
+    prompt's end is refused (TooLong). `.truncation` counts the examples cut."""
+    out, stats = Encoded(), Truncation()
+    out.truncation = stats
+    if task == "seq-cls":
+        lengths = seqcls_lengths(bench, tokenizer, examples)
+        check_seqcls_fits(bench.name, lengths, max_len)
+        for ex, n in zip(examples, lengths):
+            stats.see(n, max_len)
+            text, pair, label = bench.format_seqcls(ex)
+            enc = tokenizer(text, pair, truncation=True, max_length=max_len)
+            out.append({"input_ids": list(enc["input_ids"]), "labels": int(label)})
+        return out
+    pieces = tokenize_causal(bench, tokenizer, examples)
+    check_causal_fits(bench.name, pieces, max_len)
+    for p in pieces:
+        prompt = p.prompt
+        if stats.see(len(p.prompt) + len(p.target), max_len):
+            prompt = keep_end(p.prompt, max_len - len(p.target), p.head)
+        out.append({"input_ids": prompt + p.target, "labels": [IGNORE] * len(prompt) + p.target})
     return out
 
 
@@ -93,6 +211,8 @@ def collate(items: list[dict], pad_id: int, task: str) -> dict:
         labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
         for i, x in enumerate(items):
             labels[i, : len(x["labels"])] = torch.tensor(x["labels"])
+        if bool((labels == IGNORE).all()):  # the mean loss over no tokens is 0/0 = NaN
+            raise ValueError("a batch has no target tokens to learn from; every example needs a non-empty target")
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

@@ -109,8 +109,9 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     model.to(accelerator.device) if not cfg.quantization else None
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     train_enc = data.encode(bench, tok, splits.train, cfg.task, cfg.max_len)
-    val_batches = data.batches(data.encode(bench, tok, splits.val, cfg.task, cfg.max_len),
-                               cfg.eval_batch_size, pad_id, cfg.task)
+    val_enc = data.encode(bench, tok, splits.val, cfg.task, cfg.max_len)
+    _record_truncation(record, train=train_enc.truncation, val=val_enc.truncation)
+    val_batches = data.batches(val_enc, cfg.eval_batch_size, pad_id, cfg.task)
 
     # 2. The method ----------------------------------------------------------------------
     to_dev = lambda b: {k: v.to(accelerator.device) for k, v in b.items()}  # noqa: E731
@@ -203,11 +204,22 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     # 5. Score ---------------------------------------------------------------------------
     final = accelerator.unwrap_model(train_model)
     final.eval()
+    eval_cut = data.Truncation()
     scores = bench.evaluate(final, tok, splits.eval, task=cfg.task, batch_size=cfg.eval_batch_size,
                             max_new_tokens=cfg.max_new_tokens, n_samples=cfg.n_samples,
-                            temperature=cfg.temperature, progress=progress)
+                            temperature=cfg.temperature, progress=progress, truncation=eval_cut)
+    _record_truncation(record, eval=eval_cut)
     record["scores"] = {k: float(v) for k, v in scores.items()}
     record["diagnostics"] = {k: v for k, v in adapted.diagnostics().items() if k != "lambda"}
+
+
+def _record_truncation(record: RunRecord, **parts) -> None:
+    """Per part (train, val: cut to max_len; eval: prompts cut to the model's positions less the
+    generation budget), how many examples lost tokens and the longest one's token count."""
+    info = record["config"]["data"]
+    for part, cut in parts.items():
+        info.setdefault("truncated", {})[part] = cut.count
+        info.setdefault("longest_tokens", {})[part] = cut.longest
 
 
 def _validation_loss(model, val_batches, to_dev, accelerator) -> float:

@@ -7,7 +7,8 @@
 Prompts are tokenised one by one with `tokenizer.encode` and left-padded by hand, so any
 tokenizer with `encode`/`decode` works, including the tiny models' ByteTokenizer, which has no
 padding of its own. Left padding keeps every prompt's last token in the last column, which is
-where a decoder-only model continues from.
+where a decoder-only model continues from. A prompt longer than the model's positions minus
+the generation budget loses its start (hupeft.data.keep_end), never its end, and is counted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from .data import Truncation, keep_end, special_head
 
 
 class _StopOnStrings:
@@ -44,6 +47,15 @@ def cut(text: str, stop: Sequence[str]) -> str:
     return text[:end]
 
 
+def fit_prompt(tokenizer, prompt: str, room: int | None, truncation: Truncation | None = None) -> list[int]:
+    """The prompt's ids in at most `room` tokens (its special head and its end), counted when cut."""
+    ids = tokenizer.encode(prompt, add_special_tokens=True)
+    too_long = room is not None and len(ids) > room
+    if truncation is not None:
+        truncation.see(len(ids), room if room is not None else len(ids))
+    return keep_end(ids, room, special_head(tokenizer, prompt, ids)) if too_long else ids
+
+
 def _max_positions(model) -> int | None:
     cfg = getattr(model, "config", None)
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
@@ -52,11 +64,13 @@ def _max_positions(model) -> int | None:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8,
              stop: Sequence[str] = ("\n\n",), do_sample: bool = False, temperature: float | None = None,
-             num_return_sequences: int = 1, progress: bool = True, strip_leading: bool = False) -> list[list[str]]:
+             num_return_sequences: int = 1, progress: bool = True, strip_leading: bool = False,
+             truncation: Truncation | None = None) -> list[list[str]]:
     """`num_return_sequences` completions per prompt (greedy unless do_sample), each cut at `stop`.
 
     strip_leading: drop leading whitespace before looking for stop sequences, so an answer that
-    starts on a new line is not cut to nothing by a "\n" stop (not for code: indentation counts)."""
+    starts on a new line is not cut to nothing by a "\n" stop (not for code: indentation counts).
+    truncation: counts the prompts that lost their start to fit the model."""
     from transformers import StoppingCriteriaList
     from tqdm.auto import tqdm
 
@@ -64,7 +78,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batc
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pad_id = 0 if pad_id is None else pad_id
     limit = _max_positions(model)
-    keep = max(1, limit - max_new_tokens) if limit else None  # longer prompts lose their start
+    room = max(1, limit - max_new_tokens) if limit else None
     was_training = model.training
     model.eval()
     outs: list[list[str]] = []
@@ -72,8 +86,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batc
         if do_sample else {"do_sample": False}
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
-            encoded = [tokenizer.encode(p, add_special_tokens=True) for p in prompts[start:start + batch_size]]
-            encoded = [ids[-keep:] if keep else ids for ids in encoded]
+            encoded = [fit_prompt(tokenizer, p, room, truncation) for p in prompts[start:start + batch_size]]
             width = max(len(ids) for ids in encoded)
             input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(encoded), width), dtype=torch.long)

@@ -274,6 +274,30 @@ def model_config(name: str):
     return copy.deepcopy(_CONFIGS[name])
 
 
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def tokenizer(name: str):
+    """The model's tokenizer without its weights (to measure examples before a run loads the model);
+    None when it cannot be seen offline. Remembered per name, like model_config."""
+    check_name(name)
+    if name not in _TOKENIZERS:
+        _TOKENIZERS[name] = _read_tokenizer(name)
+    return _TOKENIZERS[name]
+
+
+def _read_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    if name in TINY:
+        return ByteTokenizer(tiny_config(name).vocab_size)
+    path = smollm2_checkpoint() if name == "smollm2-135m" else minilm_dir() if name == "minilm-l6" else name
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
 def _read_config(name: str):
     from transformers import AutoConfig
 

@@ -4,9 +4,10 @@ A split is looked for in this order, and the first source that has it wins:
   1. a local folder: `<data_dir or $HUPEFT_DATA_DIR>/<folder>/<split>.jsonl` (hub field names);
   2. the Hugging Face hub (skipped at once when offline, so nothing waits on a timeout);
   3. data that ships offline (real HumanEval; generated stand-ins, labelled as such).
-A real split is never silently paired with generated data: when the local folder holds
-some splits of a benchmark but not the one asked for, and the hub cannot supply it, loading
-fails and says which splits the folder has.
+A given local folder is never silently passed over: one that does not exist, or holds none of
+the benchmark's splits, is an error. A real split is never silently paired with generated data:
+when the local folder holds some splits of a benchmark but not the one asked for, and the hub
+cannot supply it, loading fails and says which splits the folder has.
 """
 
 from __future__ import annotations
@@ -116,19 +117,47 @@ class Benchmark:
 
     # --- loading ------------------------------------------------------------------------
 
+    def local_folder(self, data_dir: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+        """This benchmark's folder under the given data folder (`data_dir`, else $HUPEFT_DATA_DIR),
+        or None when neither is set; and how to stop using it, for error messages."""
+        if data_dir is not None:
+            return Path(data_dir) / self.folder, "drop data_dir"
+        root = os.environ.get(DATA_ENV)
+        return (Path(root) / self.folder, f"unset {DATA_ENV}") if root else (None, "")
+
+    def check_local(self, splits: list[str], data_dir: str | os.PathLike | None = None) -> None:
+        """Refuse a given data folder that cannot supply `splits` (no silent fallback to other data):
+        it does not exist, holds none of this benchmark's splits, or lacks one the hub cannot add."""
+        folder, unset = self.local_folder(data_dir)
+        if folder is None:
+            return
+        if not folder.parent.is_dir():
+            raise BenchmarkError(f"data folder {folder.parent} does not exist; create it with "
+                                 f"{self.folder}/<split>.jsonl files, fix the path, or {unset}")
+        present = sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
+        want = folder / f"{splits[0]}.jsonl"
+        if not present:
+            raise BenchmarkError(f"{self.name}: the data folder {folder.parent} has no {self.folder}/*.jsonl; "
+                                 f"add {want} with {self.fields}, or {unset} to use the hub or offline data")
+        missing = [s for s in splits if s not in present]
+        if missing and not hub_reachable():
+            raise BenchmarkError(
+                f"{self.name}: {folder} has splits {present} but not {missing[0]!r}, and the hub is unavailable; "
+                f"add {folder / (missing[0] + '.jsonl')}, go online, or {unset} to use the offline data")
+
     def load(self, split: str, n: int | None = None, seed: int = 0, data_dir: str | os.PathLike | None = None) -> Split:
         if split not in self.available_splits:
             raise BenchmarkError(f"{self.name} has no split {split!r}; its splits are {self.available_splits}")
+        self.check_local([split], data_dir)
         tried = []
-        root = data_dir if data_dir is not None else os.environ.get(DATA_ENV)
-        folder = Path(root) / self.folder if root else None
+        folder, unset = self.local_folder(data_dir)
         present: list[str] = []
         if folder is not None:
             path = folder / f"{split}.jsonl"
             if path.is_file():
                 return Split(subsample(read_jsonl(path), n, seed), f"local:{path}", False,
                              f"{self.display} {split} split from {path}")
-            present = sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
+            present = sorted(p.stem for p in folder.glob("*.jsonl"))
             tried.append(f"local {path}")
         if hub_reachable():
             try:
@@ -142,7 +171,7 @@ class Benchmark:
         if present:
             raise BenchmarkError(
                 f"{self.name}: {folder} has splits {present} but not {split!r}, and the hub is unavailable; "
-                f"add {folder / (split + '.jsonl')}, go online, or unset {DATA_ENV} to use the offline data")
+                f"add {folder / (split + '.jsonl')}, go online, or {unset} to use the offline data")
         off = self.offline(split)
         if off is None:
             raise BenchmarkError(
@@ -169,7 +198,9 @@ class Benchmark:
         raise BenchmarkError(f"{self.name} is a generation benchmark; it has no sequence-classification format")
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
-                 n_samples=None, temperature=None, progress=True) -> dict[str, float]:
+                 n_samples=None, temperature=None, progress=True, truncation=None) -> dict[str, float]:
+        """Scores by metric name. `truncation` (a hupeft.data.Truncation) counts the prompts cut to
+        fit the model: they lose their start, never their end."""
         raise NotImplementedError
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import scoring, synthetic
+from ..data import keep_end, special_head
 from .base import Benchmark, BenchmarkError, Offline, model_device, model_max_positions
 
 
@@ -31,12 +32,12 @@ class ClassificationBenchmark(Benchmark):
         return texts[0], (texts[1] if len(texts) > 1 else None), self.label(example)
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
-                 n_samples=None, temperature=None, progress=True):
+                 n_samples=None, temperature=None, progress=True, truncation=None):
         examples = [e for e in examples if self.label(e) >= 0]  # GLUE test rows carry label -1
         if not examples:
             raise BenchmarkError(f"{self.name}: no labelled examples to evaluate; pass a split with labels")
         predict = predict_seqcls if task == "seq-cls" else predict_causal
-        preds = predict(self, model, tokenizer, examples, batch_size, progress)
+        preds = predict(self, model, tokenizer, examples, batch_size, progress, truncation)
         labels = [self.label(e) for e in examples]
         out = {"accuracy": scoring.accuracy(preds, labels)}
         if "f1" in self.metrics:
@@ -45,7 +46,8 @@ class ClassificationBenchmark(Benchmark):
 
 
 @torch.no_grad()
-def predict_causal(bench, model, tokenizer, examples, batch_size, progress, fast: bool = True) -> list[int]:
+def predict_causal(bench, model, tokenizer, examples, batch_size, progress, truncation=None,
+                   fast: bool = True) -> list[int]:
     """Label ids by the summed log-likelihood of each label word after the prompt."""
     from tqdm.auto import tqdm
 
@@ -58,7 +60,7 @@ def predict_causal(bench, model, tokenizer, examples, batch_size, progress, fast
         # Every label is one token: one row per example, and the label tokens' logits at the
         # prompt's last position decide (the same argmax as summed log-likelihoods, k x cheaper).
         preds = _predict_single_token(bench, model, tokenizer, examples, batch_size, progress,
-                                      [w[0] for w in words], device, limit, pad)
+                                      [w[0] for w in words], device, limit, pad, truncation)
         model.train(was_training)
         return preds
     preds = []
@@ -66,9 +68,14 @@ def predict_causal(bench, model, tokenizer, examples, batch_size, progress, fast
                       leave=False):
         rows = []  # (prompt ids, label ids), one row per example x label word
         for ex in examples[start:start + batch_size]:
-            p = tokenizer.encode(bench.format_causal(ex)[0], add_special_tokens=True)
-            for w in words:
-                rows.append((p[-max(1, limit - len(w)):], w))
+            prompt = bench.format_causal(ex)[0]
+            p = tokenizer.encode(prompt, add_special_tokens=True)
+            n = len(p) + max(len(w) for w in words)
+            if truncation is not None:
+                truncation.see(n, limit)
+            head = special_head(tokenizer, prompt, p) if n > limit else 0
+            for w in words:  # a prompt too long for the model loses its start, never its end
+                rows.append((keep_end(p, max(1, limit - len(w)), head), w))
         width = max(len(p) + len(w) for p, w in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -90,14 +97,20 @@ def predict_causal(bench, model, tokenizer, examples, batch_size, progress, fast
 
 
 def _predict_single_token(bench, model, tokenizer, examples, batch_size, progress, label_ids, device, limit,
-                          pad) -> list[int]:
+                          pad, truncation) -> list[int]:
     from tqdm.auto import tqdm
 
     preds = []
     for start in tqdm(range(0, len(examples), batch_size), desc=f"score {bench.name}", disable=not progress,
                       leave=False):
-        prompts = [tokenizer.encode(bench.format_causal(ex)[0], add_special_tokens=True)[-(limit - 1):]
-                   for ex in examples[start:start + batch_size]]
+        prompts = []
+        for ex in examples[start:start + batch_size]:
+            prompt = bench.format_causal(ex)[0]
+            p = tokenizer.encode(prompt, add_special_tokens=True)
+            if truncation is not None:
+                truncation.see(len(p) + 1, limit)
+            head = special_head(tokenizer, prompt, p) if len(p) + 1 > limit else 0
+            prompts.append(keep_end(p, limit - 1, head))  # as the general path: the prompt's end stays
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -111,7 +124,7 @@ def _predict_single_token(bench, model, tokenizer, examples, batch_size, progres
 
 
 @torch.no_grad()
-def predict_seqcls(bench, model, tokenizer, examples, batch_size, progress) -> list[int]:
+def predict_seqcls(bench, model, tokenizer, examples, batch_size, progress, truncation=None) -> list[int]:
     from tqdm.auto import tqdm
 
     device, limit = model_device(model), min(512, model_max_positions(model, 512))
@@ -125,6 +138,8 @@ def predict_seqcls(bench, model, tokenizer, examples, batch_size, progress) -> l
         encoded = []
         for ex in examples[start:start + batch_size]:
             text, pair, _ = bench.format_seqcls(ex)
+            if truncation is not None:
+                truncation.see(len(tokenizer(text, pair, truncation=False)["input_ids"]), limit)
             encoded.append(list(tokenizer(text, pair, truncation=True, max_length=limit)["input_ids"]))
         width = max(len(x) for x in encoded)
         ids = torch.full((len(encoded), width), pad, dtype=torch.long)

