@@ -108,9 +108,10 @@ def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=No
                         cfg = validate(apply_overrides(cfg, list(sets)))
                     except ConfigError as e:
                         raise GridError(f"{model} {bench} {method}: {e}") from None
+                    cost = preset.get("cost_seconds", {}).get(model, 0)  # seconds, or {benchmark: seconds}
+                    cost = cost.get(bench, 0) if isinstance(cost, dict) else cost
                     cells.append(Cell(preset["name"], cfg, cell_dir(root, preset["name"], cfg),
-                                      int(spec.get("gpus", 1)),
-                                      float(preset.get("cost_seconds", {}).get(model, 0))))
+                                      int(spec.get("gpus", 1)), float(cost)))
     if benchmarks:
         found = {c.config.benchmark for c in cells}
         if not found:

@@ -88,6 +88,18 @@ def provenance(df: pd.DataFrame, preset: str) -> None:
 # --- setup -------------------------------------------------------------------------------------
 
 
+def preset_rationale(preset: str) -> None:
+    """The preset's description and why it is sized as it is (its `rationale` field)."""
+    from .grid import GridError, load_preset
+
+    try:
+        spec = load_preset(preset)
+    except GridError:
+        _md(f"Preset `{preset}` is not among the shipped presets; its YAML says what it holds.")
+        return
+    _md(f"## The preset\n**{preset}**: {spec.get('description', '')}\n\n{spec.get('rationale', '')}")
+
+
 def setup_tables(df: pd.DataFrame) -> None:
     rows = []
     for (model, bench), g in df.groupby(["model", "benchmark"]):
