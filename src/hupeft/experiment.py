@@ -207,6 +207,10 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
                             max_new_tokens=cfg.max_new_tokens, n_samples=cfg.n_samples,
                             temperature=cfg.temperature, progress=progress)
     record["scores"] = {k: float(v) for k, v in scores.items()}
+    if getattr(bench, "runs_code", False):  # which sandbox produced these scores (hupeft.sandbox)
+        from hupeft.sandbox import isolation
+
+        record["code_isolation"] = isolation()
     record["diagnostics"] = {k: v for k, v in adapted.diagnostics().items() if k != "lambda"}
 
 
