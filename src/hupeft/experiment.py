@@ -210,6 +210,10 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
                             temperature=cfg.temperature, progress=progress, truncation=eval_cut)
     _record_truncation(record, eval=eval_cut)
     record["scores"] = {k: float(v) for k, v in scores.items()}
+    if getattr(bench, "runs_code", False):  # which sandbox produced these scores (hupeft.sandbox)
+        from hupeft.sandbox import isolation
+
+        record["code_isolation"] = isolation()
     record["diagnostics"] = {k: v for k, v in adapted.diagnostics().items() if k != "lambda"}
 
 

@@ -14,6 +14,7 @@ from .base import Benchmark, Offline
 
 class HumanEval(Benchmark):
     name, kind, folder, display = "humaneval", "generation", "humaneval", "HumanEval"
+    runs_code = True  # its records say which sandbox isolation ran the completions
     metrics = ["pass@1"]  # plus "pass@10" when evaluate() gets n_samples >= 10
     hub_id = "openai/openai_humaneval"
     hub_splits = {"test": "test"}
@@ -109,18 +110,22 @@ def cli_main(argv: list[str]) -> int:
     import sys
 
     from hupeft.records import atomic_write_text
+    from hupeft.sandbox import ALLOW_FLAG, SandboxUnavailable, allow_unisolated_execution, isolation
 
     from .humaneval_exec import load_problems
 
     p = argparse.ArgumentParser(
         prog="hupeft humaneval",
         description="Score HumanEval completions produced elsewhere: each runs in the sandbox; writes "
-                    "SAMPLES.jsonl_results.jsonl (each line plus \"passed\" and \"result\") and prints pass@k.")
+                    "SAMPLES.jsonl_results.jsonl (each line plus \"passed\", \"result\" and \"isolation\") "
+                    "and prints pass@k.")
     p.add_argument("samples", help='JSONL file, one {"task_id", "completion"} object per line')
     p.add_argument("--k", default="1,10", help="comma-separated k for pass@k (default 1,10); a k above the "
                    "fewest samples per problem is skipped")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per program (default 5)")
     p.add_argument("--workers", type=int, default=2, help="programs run at once (default 2)")
+    p.add_argument(ALLOW_FLAG, action="store_true",
+                   help="where bubblewrap cannot run, execute the completions without isolation (limits only)")
     args = p.parse_args(argv)
     try:
         ks = [int(k) for k in args.k.split(",") if k.strip()]
@@ -138,11 +143,18 @@ def cli_main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"hupeft humaneval: {e}", file=sys.stderr)
         return 2
+    allow_unisolated_execution(args.allow_unisolated_execution)
+    try:
+        mode = isolation()
+    except SandboxUnavailable as e:
+        print(e, file=sys.stderr)
+        return 2
     results, scores = score_samples(samples, problems, ks, args.timeout, args.workers)
     out = args.samples + "_results.jsonl"
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in results))
     skipped = [k for k in ks if f"pass@{k}" not in scores]
-    print(f"{len(samples)} samples over {len({s['task_id'] for s in samples})} problems -> {out}")
+    print(f"{len(samples)} samples over {len({s['task_id'] for s in samples})} problems -> {out} "
+          f"(isolation: {mode})")
     for name, value in scores.items():
         print(f"{name}: {value:.4f}")
     if skipped:

