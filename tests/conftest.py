@@ -45,3 +45,22 @@ def tiny_bert():
 @pytest.fixture
 def clone():
     return copy.deepcopy
+
+
+def make_biased(seed: int = 0):
+    """A tiny Llama whose attention projections have biases (random, not HF's zeros) and whose
+    v_proj is not square (2 key-value heads: 64 -> 32), so that a method that rotates a bias,
+    or swaps d_in and d_out, changes the numbers."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, attention_bias=True,
+                      max_position_embeddings=256, tie_word_embeddings=False,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    return model

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from conftest import lm_batch, make_tiny
+from conftest import lm_batch, make_biased, make_tiny
 from hupeft import methods
 from hupeft.methods import MethodError
 from hupeft.methods.base import find_target_linears
@@ -110,20 +110,65 @@ def test_factors_span_the_official_singular_subspaces(base, r):
         assert torch.allclose(layer.A0 @ layer.A0.T, c2 * torch.eye(r), atol=1e-5)
 
 
-def test_init_batches_option_caps_the_estimate(base):
+def test_every_init_batch_is_used(base):
+    """The run's `init_batches` is the one setting: the estimate averages all batches it is given."""
     names = find_target_linears(base, None)
     model = copy.deepcopy(base)
-    capped = estimate_gradients(model, names, INIT + [lm_batch(seed=9)], loss, max_batches=1)
-    first = estimate_gradients(model, names, INIT[:1], loss)
+    one = estimate_gradients(model, names, INIT[:1], loss)
     both = estimate_gradients(model, names, INIT, loss)
     n = names[0]
-    assert torch.allclose(capped[n], first[n]) and not torch.allclose(capped[n], both[n])
-    # Through apply: the option (passed in the options dict, since the keyword init_batches is
-    # the batches themselves) limits which batches the factors come from.
-    one = methods.apply(copy.deepcopy(base), "loraga", {"init_batches": 1}, init_batches=INIT)
-    ref = methods.apply(copy.deepcopy(base), "loraga", init_batches=INIT[:1])
-    for (_, a), (_, b) in zip(one.adapter_layers().items(), ref.adapter_layers().items()):
-        assert torch.equal(a.A0, b.A0) and torch.equal(a.B0, b.B0)
+    assert torch.allclose(both[n], (one[n] + estimate_gradients(model, names, INIT[1:], loss)[n]) / 2, atol=1e-7)
+    assert not torch.allclose(one[n], both[n])
+
+
+def test_same_gradient_and_subspaces_as_peft_loraga_up_to_the_documented_scaling():
+    """PEFT's LoRA-GA (preprocess_loraga, init "lora_ga", ArB2r, stable): the same gradient
+    estimate; A spans the same top-r right singular vectors and B the same next-r left ones, on
+    non-square layers with biases. The documented difference: PEFT puts the singular values on
+    B (B = c U[:, r:2r] S[r:2r], A unscaled); we scale both by c = d_out^(1/4) / sqrt(gamma)."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.config import LoraGAConfig
+    from peft.tuners.lora.loraga import preprocess_loraga
+
+    base, r, gamma = make_biased(), 16, 16
+    names = find_target_linears(base, None)
+    ours = methods.apply(copy.deepcopy(base), "loraga", init_batches=INIT, r=r, stable_gamma=gamma)
+    ours_grads = estimate_gradients(copy.deepcopy(base), names, INIT, loss)
+    model = copy.deepcopy(base)
+    cfg = LoraConfig(r=r, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights="lora_ga",
+                     lora_ga_config=LoraGAConfig(stable_gamma=gamma))
+
+    def train_step():
+        for b in INIT:
+            model(**b).loss.backward()
+
+    preprocess_loraga(model, cfg, train_step)
+    peft_grads = {n: model.get_submodule(n)._peft_loraga_grad.clone() for n in names}
+    peft = get_peft_model(model, cfg)
+    for n in names:
+        assert torch.allclose(ours_grads[n], peft_grads[n], atol=1e-6, rtol=1e-4)
+        mine, theirs = ours.model.get_submodule(n), peft.base_model.model.get_submodule(n)
+        pa, pb = theirs.lora_A["default"].weight.detach(), theirs.lora_B["default"].weight.detach()
+        assert principal_cosines(mine.A0.T, pa.T).min() > 0.999
+        assert principal_cosines(mine.B0, pb).min() > 0.999
+        d_out, d_in = mine.base.weight.shape
+        c = d_out ** 0.25 / gamma ** 0.5
+        s = torch.linalg.svdvals(peft_grads[n].double())[r: 2 * r]
+        assert torch.allclose(pa.norm(dim=1).double(), torch.ones(r, dtype=torch.float64), atol=1e-4)
+        assert torch.allclose(pb.norm(dim=0).double(), c * s, rtol=1e-3)
+        assert torch.allclose(mine.A0.norm(dim=1), torch.full((r,), c), atol=1e-4)
+        assert torch.allclose(mine.B0.norm(dim=0), torch.full((r,), c), atol=1e-4)
+
+
+def test_stable_scale_uses_d_out_on_a_non_square_layer():
+    base, r, gamma = make_biased(), 8, 16.0
+    adapted = methods.apply(copy.deepcopy(base), "loraga", init_batches=INIT, r=r, stable_gamma=gamma)
+    layer = adapted.adapter_layers()["model.layers.0.self_attn.v_proj"]
+    d_out, d_in = layer.base.weight.shape
+    assert (d_out, d_in) == (32, 64)
+    c = d_out ** 0.25 / gamma ** 0.5
+    assert torch.allclose(layer.B0.T @ layer.B0, c * c * torch.eye(r), atol=1e-5)
+    assert torch.allclose(layer.A0 @ layer.A0.T, c * c * torch.eye(r), atol=1e-5)
 
 
 def one_step_drop(base, name: str, lr: float = 1e-2, **options) -> float:

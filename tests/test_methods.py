@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from conftest import cls_batch, lm_batch, make_tiny
+from conftest import cls_batch, lm_batch, make_biased, make_tiny
 from hupeft import methods
 from hupeft.methods import MethodError
 
@@ -25,7 +25,7 @@ def adapt(name, model, **kw):
 
 
 def train_steps(adapted, steps=3, lr=1e-2):
-    opt = torch.optim.AdamW(adapted.trainable_parameters().values(), lr=lr)
+    opt = adapted.optimizer(lr)
     for i in range(steps):
         loss = adapted.model(**lm_batch(seed=i)).loss
         loss.backward()
@@ -109,3 +109,68 @@ def test_lora_on_classifier_trains_the_head(tiny_bert):
     out.loss.backward()
     names = [n for n, p in adapted.model.named_parameters() if p.grad is not None]
     assert any("classifier" in n for n in names)
+
+
+# Layers with a bias and a non-square v_proj (64 -> 32), in fp32 and bf16: a bias that is
+# rotated, or d_in taken for d_out, shows up here in every method.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_biased_non_square_layers_identity_at_step_0_then_merge(name, dtype):
+    base = make_biased().to(dtype)
+    layers = [base.model.layers[0].self_attn.v_proj]
+    assert layers[0].bias is not None and layers[0].in_features != layers[0].out_features
+    batch = lm_batch(seed=3)
+    ref = logits(base, batch)
+    adapted = adapt(name, copy.deepcopy(base))
+    got = logits(adapted.model, batch)
+    if dtype == torch.float32:
+        assert (got - ref).abs().max().item() <= 1e-5
+    else:
+        # bf16 rounds differently where a method reorders the layer's operations (a bias added
+        # after the product, the structured uRNN's frozen start folded into W0): about 2^-8.
+        assert ((got - ref).norm() / ref.norm()).item() <= 1e-2
+    train_steps(adapted, steps=3, lr=3e-2)
+    trained = logits(adapted.model, batch)
+    assert ((trained - ref).norm() / ref.norm()).item() > 1e-2, "training did not move the outputs"
+    merged = logits(adapted.merge(), batch)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert ((merged - trained).norm() / trained.norm()).item() <= tol
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_movement_is_the_relative_change_of_each_layers_weight(name):
+    base = make_biased()
+    adapted = adapt(name, copy.deepcopy(base))
+    start = adapted.movement()["weight_change"]
+    assert start and all(v <= 1e-6 for v in start.values())  # fp32 rounding of a folded start
+    train_steps(adapted, steps=2)
+    moved = adapted.movement()["weight_change"]
+    merged = adapted.merge()
+    for layer, value in moved.items():
+        key = layer.removeprefix("base_model.model.")
+        w0 = base.get_submodule(key).weight
+        w = merged.get_submodule(key).weight
+        assert value == pytest.approx(((w - w0).norm() / w0.norm()).item(), rel=1e-3)
+        assert value > 0
+
+
+@pytest.mark.parametrize("name,opts,bad", [
+    ("urnn", {"side": "input"}, (7, 4)), ("urnn", {"side": "output"}, (4, 7)),
+    ("urnn-structured", {"side": "output"}, (4, 7)), ("boft", {"side": "output", "block_size": 2, "n_factors": 1},
+                                                       (4, 7)),
+])
+def test_check_fits_follows_the_side_and_agrees_with_apply(name, opts, bad):
+    from torch import nn
+
+    class One(nn.Module):
+        def __init__(self, d_in, d_out):
+            super().__init__()
+            self.q_proj = nn.Linear(d_in, d_out)
+
+    options = methods.make_options(name, opts, target_modules=("q_proj",))
+    good = tuple(reversed(bad))  # the rotated side even (or divisible), the other side odd
+    methods.check_fits(One(*good), name, options)
+    methods.apply(One(*good), name, options)
+    for check in (lambda: methods.check_fits(One(*bad), name, options), lambda: methods.apply(One(*bad), name, options)):
+        with pytest.raises(MethodError):
+            check()

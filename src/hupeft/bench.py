@@ -45,7 +45,10 @@ def _batch(vocab: int, batch: int, seq: int, seed: int):
 
 
 def _prepare(row: str, model, targets, batch_fn):
-    """Apply the row's method; return (model to call, trainable params, before_step, after_step)."""
+    """Apply the row's method; return (model to call, trainable params, before_step, after_step,
+    optimiser factory lr -> optimiser: the method's own, as a run builds it)."""
+    import torch
+
     from hupeft import methods
 
     noop = lambda: None  # noqa: E731
@@ -53,24 +56,27 @@ def _prepare(row: str, model, targets, batch_fn):
         for p in model.parameters():
             p.requires_grad_(False)
         model.enable_input_require_grads()  # backward runs through every layer, no weight grads
-        return model, [], noop, noop
+        return model, [], noop, noop, None
     if row == "peft_lora":
         from peft import LoraConfig, get_peft_model
 
         m = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=list(targets)))
-        return m, [p for p in m.parameters() if p.requires_grad], noop, noop
+        params = [p for p in m.parameters() if p.requires_grad]
+        return m, params, noop, noop, lambda lr: torch.optim.AdamW(params, lr=lr)
     if row == "peft_boft_m1":
         from peft import BOFTConfig, get_peft_model
 
         m = get_peft_model(model, BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=1,
                                              target_modules=list(targets)))
-        return m, [p for p in m.parameters() if p.requires_grad], noop, noop
+        params = [p for p in m.parameters() if p.requires_grad]
+        return m, params, noop, noop, lambda lr: torch.optim.AdamW(params, lr=lr)
     name, opts = {"boft_m1": ("boft", {"n_factors": 1})}.get(row, (row, {}))
     if name != "full":
         opts["target_modules"] = tuple(targets)
     init = [batch_fn(1000 + i) for i in range(2)] if name in methods.NEEDS_INIT_BATCHES else None
     adapted = methods.apply(model, name, init_batches=init, **opts)
-    return adapted.model, list(adapted.trainable_parameters().values()), adapted.before_step, adapted.after_step
+    return (adapted.model, list(adapted.trainable_parameters().values()), adapted.before_step, adapted.after_step,
+            adapted.optimizer)
 
 
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")
@@ -98,8 +104,8 @@ def measure_one(row: str, model_name: str, targets, batch: int, seq: int, warmup
     vocab = model.config.vocab_size
     batch_fn = lambda s: {k: v.to(device) for k, v in _batch(vocab, batch, seq, s).items()}  # noqa: E731
     model.train()
-    call, params, before, after = _prepare(row, model, targets, batch_fn)
-    opt = torch.optim.AdamW(params, lr=1e-5) if params else None
+    call, params, before, after, make_opt = _prepare(row, model, targets, batch_fn)
+    opt = make_opt(1e-5) if params else None
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []

@@ -65,7 +65,8 @@ class RunConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     init_batches: int = 4
-    """Batches used by LoRA-GA and the hybrid to estimate the gradient at initialisation."""
+    """Batches of `batch_size` training examples (the first of the seed's shuffle) from which
+    LoRA-GA and the hybrid estimate the gradient at initialisation; the only such setting."""
     checkpoint: bool = True
     """Save the trainable state, optimiser, scheduler and RNG states after each epoch (for --resume)."""
     keep_checkpoint: bool = False

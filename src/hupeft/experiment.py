@@ -127,7 +127,8 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     adapted.model.to(accelerator.device) if not cfg.quantization else None
 
     # 3. Optimiser and schedule ----------------------------------------------------------
-    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The method builds it: AdamW, with the hybrid's per-branch rates or the uRNN's manifold step.
+    optimizer = adapted.optimizer(cfg.lr, cfg.weight_decay)
     micro = math.ceil(len(train_enc) / cfg.batch_size)
     micro_here = len(range(accelerator.process_index, micro, accelerator.num_processes))
     steps_per_epoch = max(1, math.ceil(micro_here / cfg.grad_accum))
@@ -255,9 +256,12 @@ def _finish_epoch(record, epoch, losses, val_loss, norms, branch, t0, tokens, sa
              "peak_memory_bytes": int(peak), "memory_kind": kind}
     for k, v in branch.items():
         entry[k] = sum(v) / len(v)
-    err = adapted.diagnostics().get("orthogonality_error")
-    if err is not None:
-        entry["orthogonality_error"] = float(err)
+    diag = adapted.diagnostics()
+    for k in ("orthogonality_error", "renormalisations"):
+        if diag.get(k) is not None:
+            entry[k] = float(diag[k])
+    # How far each layer's effective weight (and the uRNN's U, the hybrid's branches) moved.
+    entry.update(adapted.movement())
     record["epochs"].append(entry)
 
 

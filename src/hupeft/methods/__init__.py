@@ -11,7 +11,8 @@
 | lora   | y = W0 x + (alpha/r) B A x                                  | PEFT    |
 | loraga | LoRA initialised from the SVD of the estimated gradient     | ours    |
 | boft   | butterfly orthogonal rotation, m factors, on activations    | ours    |
-| urnn   | unitary U = D3 R2 F^-1 D2 Pi R1 F D1 (or full unitary blocks)| ours    |
+| urnn   | a unitary U trained on the unitary group (Algorithm 1)       | ours    |
+| urnn-structured | urnn with U = D3 R2 F^-1 D2 Pi R1 F D1 under AdamW  | ours    |
 | hybrid | lambda * LoRA-GA + (1 - lambda) * BOFT, lambda from grad norms | ours |
 """
 
@@ -34,17 +35,20 @@ class MethodSpec:
     module: str
     """module under hupeft.methods defining OPTIONS (a MethodOptions subclass), apply(model,
     options, init_batches, loss_fn) -> Adapted, and optionally load(model, path) -> Adapted."""
+    defaults: tuple[tuple[str, Any], ...] = ()
+    """Option values this name sets before the caller's (a variant run under its own name)."""
 
 
 METHODS: dict[str, MethodSpec] = {
-    name: MethodSpec(name, mod)
-    for name, mod in [
-        ("full", "full"),
-        ("lora", "lora"),
-        ("loraga", "loraga"),
-        ("boft", "boft"),
-        ("urnn", "urnn"),
-        ("hybrid", "hybrid"),
+    spec.name: spec
+    for spec in [
+        MethodSpec("full", "full"),
+        MethodSpec("lora", "lora"),
+        MethodSpec("loraga", "loraga"),
+        MethodSpec("boft", "boft"),
+        MethodSpec("urnn", "urnn"),
+        MethodSpec("urnn-structured", "urnn", (("variant", "structured"),)),
+        MethodSpec("hybrid", "hybrid"),
     ]
 }
 
@@ -70,7 +74,7 @@ def make_options(name: str, options: MethodOptions | dict | None = None, **overr
             raise MethodError(f"{type(options).__name__} is not the options of {name!r}; use {cls.__name__}")
         base = options.to_dict()
     else:
-        base = dict(options or {})
+        base = {**dict(METHODS[name].defaults), **dict(options or {})}
     base.update(overrides)
     opts = cls.from_dict(base)
     validate = getattr(opts, "validate", None)
@@ -109,12 +113,10 @@ def check_fits(model: nn.Module, name: str, options: MethodOptions) -> None:
                 check_butterfly_shape(dim, options.block_size, options.n_factors)
             except MethodError as e:
                 raise MethodError(f"{layer_name}: {e}") from None
-        if name == "urnn":
-            if d_in % 2:
-                raise MethodError(f"{layer_name}: urnn needs an even input width, got {d_in}; target other layers")
-            if options.variant == "full" and (d_in // 2) % options.block_size:
-                raise MethodError(f"{layer_name}: urnn block_size {options.block_size} does not divide "
-                                  f"{d_in // 2} (half the width {d_in}); pick a divisor of {d_in // 2}")
+        if METHODS[name].module == "urnn":
+            from .urnn import check_width
+
+            check_width(layer_name, d_in if options.side == "input" else d_out, options)
 
 
 def load(model: nn.Module, path: str | Path) -> Adapted:

@@ -4,12 +4,13 @@ A method is applied with `hupeft.methods.apply(model, name, options, init_batche
 returns an `Adapted` handle. The training loop only ever talks to that handle:
 
     adapted = apply(model, "hybrid", HybridOptions(), init_batches=batches)
-    opt = AdamW(adapted.trainable_parameters().values(), lr=...)
+    opt = adapted.optimizer(lr=..., weight_decay=...)  # AdamW, or the method's own groups/steps
     loss.backward()
-    adapted.before_step()   # reads gradients: hybrid lambda update, uRNN manifold step
-    opt.step()
-    adapted.after_step()    # re-normalisation on drift
+    adapted.before_step()   # reads gradients: the hybrid's lambda update
+    opt.step()              # the uRNN's manifold step happens here (UnitaryAdamW)
+    adapted.after_step()
     adapted.diagnostics()   # lambda per layer, orthogonality error, ...
+    adapted.movement()      # how far each layer's effective weight moved (dense: once an epoch)
 
 Our own adapters (boft, urnn, hybrid, loraga) replace each targeted `nn.Linear` by an
 `AdapterLayer` that keeps the frozen linear as `.base`, so save, load and merge are written once
@@ -157,6 +158,16 @@ class AdapterLayer(nn.Module):
         """max |R^T R - I| (or U^H U - I) of this layer's rotation; None if it has none."""
         return None
 
+    def original_weight(self) -> torch.Tensor:
+        """The pretrained W0 (a layer that stores a transformed copy in `base` overrides this)."""
+        return self.base.weight
+
+    @torch.no_grad()
+    def weight_change(self) -> float:
+        """|W_eff - W0|_F / |W0|_F: how far training moved the layer's effective weight (dense)."""
+        w0 = self.original_weight().float()
+        return float((self.merged_weight().float() - w0).norm() / w0.norm())
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Everything but the frozen base: trainable parameters and persistent buffers."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("base.")}
@@ -174,6 +185,15 @@ class Adapted:
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups; one by default (the hybrid gives each branch its own)."""
+        return [{"params": list(self.trainable_parameters().values()), "lr": lr}]
+
+    def optimizer(self, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+        """The optimiser a training loop should step: AdamW over `param_groups(lr)` by default. A
+        schedule attached to it scales every group's learning rate alike."""
+        return torch.optim.AdamW(self.param_groups(lr), lr=lr, weight_decay=weight_decay)
+
     def before_step(self) -> None:
         """After backward, before optimizer.step(). Default: nothing."""
 
@@ -184,6 +204,12 @@ class Adapted:
         """Flat dict of numbers (and, for the hybrid, `lambda`: {layer: value})."""
         errs = [e for e in (l.orthogonality_error() for l in self.adapter_layers().values()) if e is not None]
         return {"orthogonality_error": max(errs)} if errs else {}
+
+    @torch.no_grad()
+    def movement(self) -> dict[str, Any]:
+        """`weight_change` {layer: |W_eff - W0|_F / |W0|_F}. Builds every layer's dense weight, so
+        it is meant for once an epoch, not every step."""
+        return {"weight_change": {n: l.weight_change() for n, l in self.adapter_layers().items()}}
 
     # --- structure ------------------------------------------------------------------------
     def adapter_layers(self) -> dict[str, AdapterLayer]:

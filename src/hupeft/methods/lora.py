@@ -71,6 +71,17 @@ class PeftAdapted(Adapted):
         atomic_write(path / ADAPTER_CONFIG, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))
         return path
 
+    @torch.no_grad()
+    def movement(self) -> dict:
+        from peft.tuners.lora import LoraLayer
+
+        out = {}
+        for name, mod in self.model.named_modules():
+            if isinstance(mod, LoraLayer) and "default" in mod.lora_A:
+                w0 = mod.get_base_layer().weight.float()
+                out[name] = float(mod.get_delta_weight("default").float().norm() / w0.norm())
+        return {"weight_change": out}
+
     def merge(self) -> nn.Module:
         self.model = self.model.merge_and_unload()
         return self.model

@@ -39,6 +39,37 @@ class HybridLinear(LoraGALinear):
     def boft_parameters(self) -> list[nn.Parameter]:
         return list(self.rotation.parameters())
 
+    def lora_step_norm(self) -> torch.Tensor:
+        """|s (dB A + B dA)|_F for (dA, dB) the current gradients: how far a gradient step of the
+        unmixed LoRA branch moves the weight, per unit step. From r x r products only:
+        |dB A|^2 = tr(dB^T dB A A^T), |B dA|^2 = tr(B^T B dA dA^T), cross 2 tr(dB^T B dA A^T)."""
+        a, b = self.lora_A.detach().float(), self.lora_B.detach().float()
+        ga, gb = self.lora_A.grad.float(), self.lora_B.grad.float()
+        sq = ((gb.T @ gb) * (a @ a.T)).sum() + ((b.T @ b) * (ga @ ga.T)).sum() \
+            + 2 * ((gb.T @ b) * (ga @ a.T).T).sum()
+        return self.scaling * sq.clamp_min(0).sqrt()
+
+    def boft_step_norm(self) -> torch.Tensor:
+        """|dR W0|_F for dR the derivative of R along the current gradient of its parameters: how
+        far a gradient step of the unmixed BOFT branch moves the weight, per unit step (forward
+        mode through the butterfly, applied to W0^T as a batch of d_in vectors)."""
+        from torch.func import functional_call, jvp
+
+        theta = self.rotation.theta
+        w0t = self.base.weight.detach().float().T
+        _, tangent = jvp(lambda t: functional_call(self.rotation, {"theta": t}, (w0t,)),
+                         (theta.detach(),), (theta.grad.detach(),))
+        return tangent.norm()
+
+    @torch.no_grad()
+    def branch_change(self) -> tuple[float, float]:
+        """(|lambda dW_LoRA|_F, |(1 - lambda)(R - I) W0|_F) / |W0|_F: how far each branch has moved
+        the layer's weight, as mixed."""
+        w0 = self.base.weight.float()
+        lam, n0 = float(self.lam), w0.norm()
+        rot = self.rotation.matrix().float()
+        return (float(lam * self.delta_weight().norm() / n0), float((1 - lam) * (rot @ w0 - w0).norm() / n0))
+
     def merged_weight(self) -> torch.Tensor:
         w0 = self.base.weight.float()
         rot = self.rotation.matrix().float()  # forward(h) == rot @ h for column vectors

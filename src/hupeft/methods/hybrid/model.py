@@ -1,4 +1,5 @@
-"""The hybrid's handle: lambda per layer from the branches' gradient norms, logged every step."""
+"""The hybrid's handle: lambda per layer from its branches' gradients, logged every step; the
+two learning rates of Algorithm 2 as optimiser groups."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from .config import HybridOptions
 from .layer import HybridLinear
 
 EPS = 1e-12
+# |grad_Q L|_F of the skew matrix Q is sqrt(2) |grad_theta L| for theta its strict upper triangle:
+# Algorithm 2's G = grad_Q - grad_Q^T holds each triangle entry's gradient twice (+ and -).
+SKEW = math.sqrt(2.0)
 
 
 def next_lambda(lam: float, g_lora: float, g_boft: float, opts: HybridOptions) -> float:
-    """One update of a layer's lambda from its branches' gradient norms (see HybridOptions)."""
+    """One update of a layer's lambda from what its rule measured of the branches (see
+    HybridOptions.lambda_rule; "normalized" divides the mixed model's norms by the weights here)."""
     if opts.lambda_rule == "normalized":
         g_lora, g_boft = g_lora / max(lam, EPS), g_boft / max(1.0 - lam, EPS)
     total = g_lora + g_boft
@@ -23,16 +28,38 @@ def next_lambda(lam: float, g_lora: float, g_boft: float, opts: HybridOptions) -
     return min(max(new, opts.lambda_min), 1.0 - opts.lambda_min)
 
 
-def _sq_norm(params, like: torch.Tensor) -> torch.Tensor:
+def _norm(params) -> torch.Tensor:
     sq = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]
-    return torch.stack(sq).sum() if sq else like.new_zeros((), dtype=torch.float32)
+    return torch.stack(sq).sum().sqrt() if sq else torch.zeros(())
+
+
+def measure(layer: HybridLinear, rule: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(g_LoRA, g_BOFT) as the rule reads them, then the raw gradient norms |grad_{A,B}|, |grad_Q|.
+
+    "paper"/"normalized": the raw norms. "slope": |grad|^2 / (w |J grad|) per branch, J the map
+    from the branch's parameters to its unmixed delta weight and w its weight in the mix: the
+    autograd gradient is w J^T G (G = dL/dW), so this is |J^T G|^2 / |J J^T G|, the loss's rate of
+    decrease per unit of weight change along the branch's own gradient step. Scaling a branch's
+    parameters, its output (alpha, gamma) or its weight leaves it unchanged."""
+    g_lora = _norm(layer.lora_parameters())
+    g_boft = SKEW * _norm(layer.boft_parameters())
+    if rule != "slope":
+        return g_lora, g_boft, g_lora, g_boft
+    if layer.lora_A.grad is None or layer.rotation.theta.grad is None:
+        zero = torch.zeros(())
+        return zero, zero, g_lora, g_boft
+    lam = float(layer.lam)
+    theta_sq = layer.rotation.theta.grad.float().pow(2).sum()
+    slope_l = g_lora.pow(2) / (max(lam, EPS) * layer.lora_step_norm()).clamp_min(EPS)
+    slope_b = theta_sq / (max(1.0 - lam, EPS) * layer.boft_step_norm()).clamp_min(EPS)
+    return slope_l, slope_b, g_lora, g_boft
 
 
 class HybridAdapted(Adapted):
     """`before_step()` (after backward, before optimizer.step()) updates every layer's lambda;
     `lambda_history` {layer: [lambda after each step]}; `diagnostics()` adds `lambda`
-    {layer: value} and the branches' gradient norms over all layers (`grad_norm_lora`,
-    `grad_norm_boft`)."""
+    {layer: value} and the branches' gradient norms over all layers (`grad_norm_lora` of A and
+    B, `grad_norm_boft` of the skew matrices Q); `movement()` adds each branch's share."""
 
     def __init__(self, model, method: str, options: HybridOptions):
         super().__init__(model, method, options)
@@ -42,24 +69,34 @@ class HybridAdapted(Adapted):
     def hybrid_layers(self) -> dict[str, HybridLinear]:
         return {n: m for n, m in self.adapter_layers().items() if isinstance(m, HybridLinear)}
 
+    def param_groups(self, lr: float) -> list[dict]:
+        """Algorithm 2's eta_LoRA for A and B, eta_BOFT for Q; the run's lr for anything else."""
+        layers = self.hybrid_layers().values()
+        lora = [p for l in layers for p in l.lora_parameters()]
+        boft = [p for l in layers for p in l.boft_parameters()]
+        seen = {id(p) for p in lora + boft}
+        rest = [p for p in self.trainable_parameters().values() if id(p) not in seen]
+        groups = [{"params": lora, "lr": self.options.lr_lora or lr},
+                  {"params": boft, "lr": self.options.lr_boft or lr}]
+        return groups + ([{"params": rest, "lr": lr}] if rest else [])
+
     @torch.no_grad()
     def before_step(self) -> None:
         layers = self.hybrid_layers()
         if not layers:
             return
-        # Every norm in one tensor, read back in one transfer rather than one sync per layer; the
-        # pairs go to one device first, since a device map may spread layers over several GPUs.
-        pairs = [torch.stack([_sq_norm(l.lora_parameters(), l.lam), _sq_norm(l.boft_parameters(), l.lam)])
-                 for l in layers.values()]
-        sq = torch.stack([p.to(pairs[0].device) for p in pairs]).cpu()
-        for (name, layer), (sq_l, sq_b) in zip(layers.items(), sq.tolist()):
-            lam = next_lambda(float(layer.lam), math.sqrt(sq_l), math.sqrt(sq_b), self.options)
+        rule = self.options.lambda_rule
+        # Every number in one tensor, read back in one transfer rather than one sync per layer; a
+        # device map may spread layers over several GPUs, so each row goes to the CPU first.
+        rows = torch.stack([torch.stack([v.float().cpu() for v in measure(l, rule)]) for l in layers.values()])
+        for (name, layer), (g_l, g_b, _, _) in zip(layers.items(), rows.tolist()):
+            lam = next_lambda(float(layer.lam), g_l, g_b, self.options)
             # Log the value the buffer holds (rounded to its dtype), so the history, diagnostics()
             # and a reloaded adapter all agree exactly.
             lam = torch.tensor(lam, dtype=layer.lam.dtype).item()
             layer.lam.fill_(lam)
             self.lambda_history.setdefault(name, []).append(lam)
-        total = sq.sum(0).sqrt().tolist()
+        total = rows[:, 2:].pow(2).sum(0).sqrt().tolist()
         self._norms = {"grad_norm_lora": total[0], "grad_norm_boft": total[1]}
 
     def lambdas(self) -> dict[str, float]:
@@ -67,3 +104,8 @@ class HybridAdapted(Adapted):
 
     def diagnostics(self) -> dict:
         return {**super().diagnostics(), "lambda": self.lambdas(), **self._norms}
+
+    @torch.no_grad()
+    def movement(self) -> dict:
+        """Adds `branch_change` {layer: [LoRA-GA share, BOFT share]} (HybridLinear.branch_change)."""
+        return {**super().movement(), "branch_change": {n: list(l.branch_change()) for n, l in self.hybrid_layers().items()}}

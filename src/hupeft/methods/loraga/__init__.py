@@ -25,7 +25,8 @@ def initial_factors(model: nn.Module, options: LoraGAOptions, init_batches, loss
         check_rank(options.r, lin.out_features, lin.in_features, n)
     if init_batches is None:
         return {}
-    grads = estimate_gradients(model, names, init_batches, loss_fn or default_loss, options.init_batches)
+    # Every batch given is used: how many is the run's `init_batches` setting, the one place it is set.
+    grads = estimate_gradients(model, names, init_batches, loss_fn or default_loss)
     return {n: loraga_factors(grads[n], options.r, options.stable_gamma) for n in names}
 
 

@@ -22,12 +22,6 @@ class LoraGAOptions(MethodOptions):
     stable_gamma: float = 16.0
     """gamma of the official "stable" scale: A0 and B0 are multiplied by d_out^(1/4)/sqrt(gamma)
     (the official default: 16). Larger gamma: a smaller start, closer to plain LoRA."""
-    init_batches: int = 8
-    """How many of the init batches the gradient estimate averages over (the first ones; the
-    run supplies them). More batches: a less noisy G, at one forward+backward each. The official
-    repository's experiment config uses 8 batches of 1 (conf/init/gradient.yaml); its PEFT
-    config defaults to 64 batches of 2."""
-
     @property
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
@@ -41,5 +35,3 @@ class LoraGAOptions(MethodOptions):
         if self.stable_gamma <= 0:
             raise MethodError(f"LoRA-GA stable_gamma must be > 0, got {self.stable_gamma}; "
                               "pass 16 (the official default)")
-        if self.init_batches <= 0:
-            raise MethodError(f"LoRA-GA init_batches must be >= 1, got {self.init_batches}; pass 8 (the default)")

@@ -5,20 +5,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..base import MethodError, MethodOptions
+from .optim import MANIFOLD_STEPS
 
 
 @dataclass
 class URNNOptions(MethodOptions):
-    variant: str = "structured"
-    """"structured": U = D3 R2 F^-1 D2 Pi R1 F D1 (O(n) parameters, unitary by construction,
-    trained by the ordinary optimiser); "full": block-diagonal full unitary blocks trained by the
-    paper's Algorithm 1 (a Riemannian step on the unitary group, in `before_step`)."""
-    block_size: int = 8
-    """Complex block size b of the "full" variant; must divide n = d/2 (d the rotated width)."""
-    manifold_lr: float = 1e-3
-    """eta of Algorithm 1 for the "full" variant: U <- exp(-eta (G U^H - U G^H)) U."""
+    variant: str = "full"
+    """"full" (the default): the paper's Algorithm 1, a unitary U trained on the unitary group
+    by a Riemannian step (`UnitaryAdamW`, optim.py). "structured": U = D3 R2 F^-1 D2 Pi R1 F D1
+    (Arjovsky et al.; O(n) parameters, unitary by construction, trained by plain AdamW); the
+    method name `urnn-structured` selects it."""
+    block_size: int | None = None
+    """"full" variant: complex size b of U's diagonal blocks; must divide n = d/2 (d the rotated
+    width). None (the default): one U over the whole width, as the paper describes. Memory per
+    layer: d * b real parameters (d^2 / 2 for one U, the size of half the layer's weight when
+    it is square), twice that again for Adam's moments; time per token: d * b real
+    multiply-adds, plus one b x b matrix exponential per block per step. One U is affordable for
+    the models trained here (SmolLM2-135M: d = 576, 166k parameters per layer); at d = 4096 it is
+    8.4M per layer, where a block size such as 64 (262k) is the practical choice."""
+    manifold_step: str = "adam"
+    """"adam": Algorithm 1 with AdamW's preconditioned direction in place of the raw gradient,
+    so U moves as far per step as AdamW moves other parameters at the same learning rate;
+    "sgd": Algorithm 1 as printed (the raw gradient). See optim.py."""
+    manifold_lr: float | None = None
+    """Peak eta of the manifold step; None: the run's learning rate. The run's schedule (warm-up,
+    decay) scales it either way."""
     renorm_tol: float = 1e-6
-    """Re-project the "full" blocks to the nearest unitary when max |U^H U - I| exceeds this."""
+    """Re-project U to the nearest unitary when max |U^H U - I| exceeds this (Algorithm 1's
+    "re-normalise on drift")."""
     side: str = "input"
     """"input": y = W0 (U x) + b, as the paper places the unitary; "output": y = U (W0 x) + b."""
     recompute: bool = True
@@ -34,5 +48,9 @@ class URNNOptions(MethodOptions):
             raise MethodError(f"urnn variant must be 'structured' or 'full', not {self.variant!r}")
         if self.side not in ("input", "output"):
             raise MethodError(f"urnn side must be 'input' or 'output', not {self.side!r}")
-        if self.block_size <= 0 or self.manifold_lr <= 0 or self.renorm_tol <= 0:
-            raise MethodError("urnn block_size, manifold_lr and renorm_tol must be > 0; pass positive values")
+        if self.manifold_step not in MANIFOLD_STEPS:
+            raise MethodError(f"urnn manifold_step must be one of {MANIFOLD_STEPS}, not {self.manifold_step!r}")
+        if (self.block_size is not None and self.block_size <= 0) or self.renorm_tol <= 0 \
+                or (self.manifold_lr is not None and self.manifold_lr <= 0):
+            raise MethodError("urnn block_size, manifold_lr and renorm_tol must be > 0 (block_size and "
+                              "manifold_lr may be None); pass positive values")

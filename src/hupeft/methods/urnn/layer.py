@@ -90,6 +90,13 @@ class URNNLinear(AdapterLayer):
         a = self._real_matrix(self.unitary.initial_inverse)
         return a @ m if self.side == "input" else m @ a
 
+    def original_weight(self) -> torch.Tensor:
+        if not self.folded:
+            return self.base.weight
+        a = self._real_matrix(self.unitary.initial_inverse)  # the fold: W0' = W0 a or a W0, a orthogonal
+        w = self.base.weight.float()
+        return w @ a.T if self.side == "input" else a.T @ w
+
     def merged_weight(self) -> torch.Tensor:
         # base.weight is W0' when folded, and rotate() is then U(theta) alone: W0' M = W0 U_eff.
         m = self._real_matrix(self._unitary_map).to(self.base.weight.dtype)

@@ -88,15 +88,16 @@ class StructuredUnitary(nn.Module):
 
 
 class BlockUnitary(nn.Module):
-    """Block-diagonal unitary with full b x b complex blocks, stored as a real (blocks, b, b, 2)
-    parameter so that checkpoints and optimisers see plain floats. Identity at start."""
+    """Block-diagonal unitary with full b x b complex blocks (one block of n x n when b = n, the
+    paper's single U), stored as a real (blocks, b, b, 2) parameter so that checkpoints and
+    optimisers see plain floats. Identity at start. It is moved only by `UnitaryAdamW`, which
+    applies Algorithm 1's step to it (see optim.py)."""
 
     def __init__(self, n: int, block_size: int):
         super().__init__()
         self.n, self.blocks, self.block_size = n, n // block_size, block_size
         eye = torch.eye(block_size, dtype=torch.complex64).expand(self.blocks, -1, -1)
         self.u = nn.Parameter(torch.view_as_real(eye.clone()).contiguous())
-        self.renormalisations = 0
 
     def unitary(self) -> torch.Tensor:
         return torch.view_as_complex(self.u)
@@ -105,28 +106,23 @@ class BlockUnitary(nn.Module):
         h = z.reshape(*z.shape[:-1], self.blocks, self.block_size)
         return torch.einsum("...nb,ncb->...nc", h, self.unitary()).reshape(z.shape)
 
-    @torch.no_grad()
-    def riemannian_step(self, eta: float, tol: float) -> None:
-        """The paper's Algorithm 1 on each block, then re-projection if the blocks drifted.
 
-        Sign convention: torch's gradient of a real loss w.r.t. the real view is (dL/dRe, dL/dIm),
-        i.e. the complex G = dL/dRe + i dL/dIm = 2 dL/dU* (conjugate Wirtinger), the direction of
-        steepest ASCENT. B = G U^H - U G^H is skew-Hermitian, so exp(-eta B) is unitary and
-        U <- exp(-eta B) U stays on the group; its first-order change of the loss is
-        -eta/2 |B|_F^2 <= 0, a descent step. The paper prints exp(eta B), which descends only if
-        its G is the negative gradient; the tests check the sign by the loss going down."""
-        if self.u.grad is None:
-            return
-        g = torch.view_as_complex(self.u.grad.contiguous())
-        u = self.unitary()
-        b = g @ u.mH - u @ g.mH
-        new = torch.linalg.matrix_exp(-eta * b) @ u
-        if unitarity_error(new) > tol:
-            w, _, vh = torch.linalg.svd(new)
-            new = w @ vh  # the nearest unitary (polar factor)
-            self.renormalisations += 1
-        self.u.copy_(torch.view_as_real(new))
-        self.u.grad = None  # consumed: the optimiser must not move U off the manifold
+@torch.no_grad()
+def manifold_step(u: torch.Tensor, direction: torch.Tensor, eta: float, tol: float) -> tuple[torch.Tensor, bool]:
+    """Algorithm 1 on a batch of complex blocks: B = D U^H - U D^H, U <- exp(-eta B) U, then the
+    nearest unitary (polar factor) if max |U^H U - I| exceeds tol. Returns (U, re-projected?).
+
+    D is the ascent direction: the gradient of a real loss w.r.t. the real view, read as complex
+    (dL/dRe + i dL/dIm = 2 dL/dU*), or a positive rescaling of it (Adam's). B is skew-Hermitian,
+    so exp(-eta B) is unitary; with D the gradient the first-order change of the loss is
+    -eta/2 |B|_F^2 <= 0. The paper prints exp(eta B), which descends only if its gradient is the
+    negative one; the tests check the sign by the loss going down."""
+    b = direction @ u.mH - u @ direction.mH
+    new = torch.linalg.matrix_exp(-eta * b) @ u
+    if unitarity_error(new) <= tol:
+        return new, False
+    w, _, vh = torch.linalg.svd(new)
+    return w @ vh, True
 
 
 def unitarity_error(u: torch.Tensor) -> float:
