@@ -6,7 +6,8 @@ notebooks/run.ipynb into results/<preset>/<model>/<benchmark>/<method>/seed<k>/,
 record.json beside the executed notebook.
 
 Settings are merged in this order, later wins: preset defaults, benchmark_settings,
-the model's settings, method_settings, then --set on the command line.
+the model's settings, method_settings, the model's own method_settings, then --set on the
+command line.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=No
                     settings = {**preset.get("defaults", {}),
                                 **preset.get("benchmark_settings", {}).get(bench, {}),
                                 **spec.get("settings", {}),
-                                **preset.get("method_settings", {}).get(method, {})}
+                                **preset.get("method_settings", {}).get(method, {}),
+                                **spec.get("method_settings", {}).get(method, {})}
                     try:
                         cfg = RunConfig.from_dict({**settings, "model": model, "method": method,
                                                    "benchmark": bench, "seed": int(seed), "preset": preset["name"]})

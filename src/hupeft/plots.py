@@ -17,6 +17,10 @@ def run_curves(record: dict):
     loss = epochs.melt(id_vars="epoch", value_vars=["train_loss", "val_loss"], var_name="split", value_name="loss")
     sns.lineplot(data=loss, x="epoch", y="loss", hue="split", marker="o", ax=axes[0])
     axes[0].set_title("loss per epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:  # epochs and steps are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not steps.empty:
         sns.lineplot(data=steps, x="step", y="grad_norm", ax=axes[1])
         axes[1].set_title("global gradient norm per step")
