@@ -42,6 +42,11 @@ def test_every_preset_expands_and_smoke_covers_all_methods():
         preset = grid.load_preset(name)
         if name.startswith("paper"):
             continue  # hub models: configs cannot be seen offline, expansion is checked below
+        if name == "multilingual":
+            # Some of its languages have no offline data: refused up front, naming the fix.
+            with pytest.raises(grid.GridError, match="go online"):
+                grid.expand(preset)
+            continue
         cells = grid.expand(preset)
         assert cells, name
     smoke = grid.expand(grid.load_preset("smoke"))

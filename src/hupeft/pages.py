@@ -154,7 +154,11 @@ def show_table1(t1: pd.DataFrame, paper: pd.DataFrame) -> None:
         "run over its GLUE tasks; ours are single synthetic GLUE-style tasks. Different models and "
         "data: the paper's numbers are context, not targets.")
     for pbench, frame in report.table1_layout(t1, paper).items():
-        _md(f"### {pbench}")
+        part = t1[t1["benchmark"].map(report.PAPER_BENCHMARK).fillna(t1["benchmark"]) == pbench]
+        ours = ", ".join(f"{b} {m}" for b, m in part[["benchmark", "metric"]].drop_duplicates().values)
+        theirs = ", ".join(sorted({v for (b, m), v in report.PAPER_METRIC.items() if b == pbench
+                                   and m in set(part["metric"])}))
+        _md(f"### {pbench}\nOurs: {ours}" + (f"; the paper's: {theirs}." if theirs else "."))
         _html(frame)
     for _, r in t1.iterrows():
         _glue(f"t1/{r['model']}/{r['benchmark']}/{r['method']}/{r['metric']}", float(r["mean"]))
@@ -193,10 +197,12 @@ def show_paired(pc: pd.DataFrame, what: str = "score") -> None:
     if pc.empty:
         _md("No hybrid run with a baseline on the same seeds in this preset.")
         return
-    shown = pc[["model", "benchmark", "metric", "comparison", "seeds", "difference", "ci95", "resolved"]]
-    shown = shown.assign(difference=[report.fmt_interval(d, h, 2) for d, h in zip(pc["difference"], pc["ci95"])])
-    _html(shown.drop(columns=["ci95"]).rename(columns={"difference": "difference (95% interval)",
-                                                      "resolved": "interval excludes 0"}))
+    shown = pd.DataFrame({
+        "model · benchmark · metric": [f"{m} · {b} · {x}" for m, b, x in pc[["model", "benchmark", "metric"]].values],
+        "comparison": pc["comparison"], "seeds": pc["seeds"],
+        "difference (95% interval)": [report.fmt_interval(d, h, 2) for d, h in zip(pc["difference"], pc["ci95"])],
+        "interval excludes 0": pc["resolved"]})
+    _html(shown)
     res, unres = pc[pc["resolved"]], pc[~pc["resolved"]]
     better = "lower" if what == "val_loss" else "higher"
     words = []
@@ -311,6 +317,8 @@ def plot_fig2(ep: pd.DataFrame) -> None:
                                 color=f"C{i}", alpha=0.15, lw=0)
             ax.set_title(f"{model} · {bench}: {title}", fontsize=9)
             ax.set_xlabel("epoch")
+            if col == "grad_norm":  # early epochs' norms are orders of magnitude above the last
+                ax.set_yscale("log")
             _integer_x(ax)
         row[1].legend(fontsize=7, ncol=2)
     fig.suptitle("mean over seeds; bands: 95% interval over seeds", fontsize=9)
@@ -327,7 +335,7 @@ def show_fig2(ep: pd.DataFrame) -> None:
     for (model, bench, method), g in ep.groupby(["model", "benchmark", "method"], observed=True):
         last = g[g["epoch"] == g["epoch"].max()]
         gn, vl = mean_interval(last["grad_norm"]), mean_interval(last["val_loss"])
-        rows.append({"model": model, "benchmark": bench, "method": METHOD_LABEL[method],
+        rows.append({"model · benchmark": f"{model} · {bench}", "method": METHOD_LABEL[method],
                      "epochs": int(g["epoch"].max()), "final gradient norm": report.fmt_interval(gn.mean, gn.half_width, 3),
                      "final validation loss": report.fmt_interval(vl.mean, vl.half_width, 3), "seeds": vl.n})
     _md("The last epoch, mean ± 95% interval over seeds (gradient norm: the global norm before clipping, "

@@ -119,8 +119,10 @@ def table1_layout(t1: pd.DataFrame, paper: pd.DataFrame) -> dict[str, pd.DataFra
     t1 = t1.assign(paper_benchmark=t1["benchmark"].map(PAPER_BENCHMARK).fillna(t1["benchmark"]))
     for pbench, part in t1.groupby("paper_benchmark", sort=False):
         frame = pd.DataFrame({"method": [METHOD_LABEL[m] for m in METHOD_ORDER]}).set_index("method")
+        # Short headers so the table fits the page: the section names the benchmark family.
+        several = part[["benchmark", "metric"]].drop_duplicates().shape[0] > 1
         for (model, bench, metric), g in part.groupby(["model", "benchmark", "metric"], observed=True, sort=False):
-            col = f"{model} · {bench} · {metric} (ours)"
+            col = f"{model} · {bench.split('/')[-1]} · {metric} (ours)" if several else f"{model} (ours)"
             vals = {METHOD_LABEL[r["method"]]: fmt_interval(r["mean"], r["ci95"]) for _, r in g.iterrows()}
             frame[col] = [vals.get(m, "–") for m in frame.index]
         metrics = {PAPER_METRIC.get((pbench, m)) for m in part["metric"]} - {None}
@@ -128,7 +130,8 @@ def table1_layout(t1: pd.DataFrame, paper: pd.DataFrame) -> dict[str, pd.DataFra
             theirs = pm[(pm["benchmark"] == pbench) & pm["metric"].isin(metrics)]
             for (model, metric), g in theirs.groupby(["model", "metric"], sort=False):
                 vals = {METHOD_LABEL.get(r["method"], r["method"]): f"{r['value']:.1f}" for _, r in g.iterrows()}
-                frame[f"{model} · {metric} (paper)"] = [vals.get(m, "–") for m in frame.index]
+                frame[f"{model} (paper)" if len(metrics) == 1 else f"{model} · {metric} (paper)"] = \
+                    [vals.get(m, "–") for m in frame.index]
         frame = frame[[c for c in frame.columns if (frame[c] != "–").any()]]
         tables[pbench] = frame.reset_index()
     return tables
