@@ -111,16 +111,21 @@ def _predict_single_token(bench, model, tokenizer, examples, batch_size, progres
                 truncation.see(len(p) + 1, limit)
             head = special_head(tokenizer, prompt, p) if len(p) + 1 > limit else 0
             prompts.append(keep_end(p, limit - 1, head))  # as the general path: the prompt's end stays
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, :len(p)], mask[i, :len(p)] = torch.tensor(p), 1
+        ids, mask = right_pad(prompts, pad)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         last = torch.tensor([len(p) - 1 for p in prompts], device=logits.device)
         at = logits[torch.arange(len(prompts), device=logits.device), last]
         preds.extend(at[:, label_ids].float().argmax(-1).tolist())
     return preds
+
+
+def right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as one right-padded batch and its attention mask."""
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+    return ids, mask
 
 
 @torch.no_grad()
@@ -141,11 +146,7 @@ def predict_seqcls(bench, model, tokenizer, examples, batch_size, progress, trun
             if truncation is not None:
                 truncation.see(len(tokenizer(text, pair, truncation=False)["input_ids"]), limit)
             encoded.append(list(tokenizer(text, pair, truncation=True, max_length=limit)["input_ids"]))
-        width = max(len(x) for x in encoded)
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, x in enumerate(encoded):
-            ids[i, :len(x)], mask[i, :len(x)] = torch.tensor(x), 1
+        ids, mask = right_pad(encoded, pad)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         preds.extend(logits.argmax(-1).tolist())
     model.train(was_training)
