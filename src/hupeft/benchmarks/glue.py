@@ -112,11 +112,25 @@ def _predict_single_token(bench, model, tokenizer, examples, batch_size, progres
             head = special_head(tokenizer, prompt, p) if len(p) + 1 > limit else 0
             prompts.append(keep_end(p, limit - 1, head))  # as the general path: the prompt's end stays
         ids, mask = right_pad(prompts, pad)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        last = torch.tensor([len(p) - 1 for p in prompts], device=logits.device)
-        at = logits[torch.arange(len(prompts), device=logits.device), last]
+        last = torch.tensor([len(p) - 1 for p in prompts], device=device)
+        at = _last_logits(model, ids.to(device), mask.to(device), last)
         preds.extend(at[:, label_ids].float().argmax(-1).tolist())
     return preds
+
+
+def _last_logits(model, ids, mask, last):
+    """Logits at each row's position `last` (batch x vocab). Where the model takes
+    `logits_to_keep` (transformers' causal LMs), only those positions go through the LM head:
+    for SmolLM2 that head is a fifth of the model's compute and its full output is
+    batch x width x 49152 floats."""
+    try:
+        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=last[:, None]).logits
+        if out.shape[1] == 1:
+            return out[:, 0]
+    except TypeError:  # a model whose forward has no such argument
+        pass
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return logits[torch.arange(len(last), device=logits.device), last.to(logits.device)]
 
 
 def right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
