@@ -298,3 +298,23 @@ def test_humaneval_scores_canonical_solutions_as_passing(offline, monkeypatch):
         assert b.evaluate(None, None, ex, progress=False) == {"pass@1": want}
     scores = b.evaluate(None, None, ex, n_samples=10, progress=False)
     assert scores == {"pass@1": 0.0, "pass@10": 0.0}
+
+
+@pytest.mark.parametrize("bench", ["mtbench"])
+def test_generation_run_keeps_generations_and_metric_signatures(offline, tmp_path, bench):
+    import json
+
+    from hupeft.config import RunConfig
+    from hupeft.experiment import run
+    from hupeft.records import read_record
+
+    cfg = RunConfig(model="tiny-llama", method="lora", benchmark=bench, seed=0, epochs=1, n_train=4, n_val=2,
+                    n_eval=3, batch_size=2, max_len=64, max_new_tokens=4, init_batches=1)
+    rec = run(cfg, tmp_path, progress=False)
+    assert rec["status"] == "ok", rec["error"]
+    on_disk = read_record(tmp_path / "record.json")
+    assert set(on_disk["metric_signatures"]) == set(on_disk["scores"])
+    assert on_disk["kept_files"] == ["generations.jsonl"]
+    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 3 and all({"prompt", "generation", "reference"} <= set(r) for r in rows)
+    assert "tok:13a" in on_disk["metric_signatures"]["bleu"]

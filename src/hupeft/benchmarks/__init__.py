@@ -12,7 +12,7 @@ translation.py for why the name), humaneval, xnli/<lang>, flores/<src>-<tgt> (FL
 
 from __future__ import annotations
 
-from .base import DATA_ENV, Benchmark, BenchmarkError, Split, few_shot
+from .base import DATA_ENV, Benchmark, BenchmarkError, Scores, Split, few_shot
 from .glue import GLUE
 from .gsm8k import GSM8K
 from .humaneval import HumanEval
@@ -20,7 +20,7 @@ from .translation import LISTED, Flores, MTBench
 from .xnli import LANGUAGES as XNLI_LANGUAGES
 from .xnli import XNLI
 
-__all__ = ["Benchmark", "BenchmarkError", "DATA_ENV", "Split", "few_shot", "get", "names"]
+__all__ = ["Benchmark", "BenchmarkError", "DATA_ENV", "Scores", "Split", "few_shot", "get", "names"]
 
 
 def names() -> list[str]:

@@ -35,6 +35,23 @@ class Split:
     description: str
 
 
+class Scores(dict):
+    """Scores by metric name (to every reader a plain dict), with what stands behind them.
+
+    signatures: metric -> how it was computed (sacrebleu's signature, a harness's settings), for
+        the record, so two numbers are compared only where they were computed alike;
+    generations: one row per prompt, {"prompt", "generation", "reference", ...}, kept beside the
+        record as generations.jsonl so that a score can be checked by eye;
+    files: further JSONL files to keep beside the record, name -> rows (HumanEval's samples.jsonl)."""
+
+    def __init__(self, values: dict[str, float], signatures: dict[str, str] | None = None,
+                 generations: list[dict] | None = None, files: dict[str, list[dict]] | None = None):
+        super().__init__(values)
+        self.signatures = dict(signatures or {})
+        self.generations = list(generations or [])
+        self.files = dict(files or {})
+
+
 @dataclass
 class Offline:
     rows: list[dict]
@@ -199,8 +216,9 @@ class Benchmark:
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
                  n_samples=None, temperature=None, progress=True, truncation=None) -> dict[str, float]:
-        """Scores by metric name. `truncation` (a hupeft.data.Truncation) counts the prompts cut to
-        fit the model: they lose their start, never their end."""
+        """Scores by metric name (generation benchmarks return a Scores, which also keeps the
+        generations). `truncation` (a hupeft.data.Truncation) counts the prompts cut to fit the
+        model: they lose their start, never their end."""
         raise NotImplementedError
 
 
