@@ -96,7 +96,7 @@ def test_offline_sources_are_labelled_and_deterministic(offline):
     gsm = benchmarks.get("gsm8k")
     test, train = gsm.load("test"), gsm.load("train", n=20, seed=0)
     assert test.source == "offline:reasoning-gym/gsm_symbolic" and "stand-in" in test.description
-    assert not test.synthetic
+    assert test.synthetic and test.stand_in == "GSM-Symbolic"  # generated: never reported as GSM8K
     assert all("#### " in e["answer"] and e["question"] for e in test.examples)
     assert {e["question"] for e in train.examples}.isdisjoint({e["question"] for e in test.examples})
     assert gsm.load("test", n=5, seed=1).examples == gsm.load("test", n=5, seed=1).examples
@@ -300,26 +300,6 @@ def test_humaneval_scores_canonical_solutions_as_passing(offline, monkeypatch):
     assert scores == {"pass@1": 0.0, "pass@10": 0.0}
 
 
-@pytest.mark.parametrize("bench", ["mtbench"])
-def test_generation_run_keeps_generations_and_metric_signatures(offline, tmp_path, bench):
-    import json
-
-    from hupeft.config import RunConfig
-    from hupeft.experiment import run
-    from hupeft.records import read_record
-
-    cfg = RunConfig(model="tiny-llama", method="lora", benchmark=bench, seed=0, epochs=1, n_train=4, n_val=2,
-                    n_eval=3, batch_size=2, max_len=64, max_new_tokens=4, init_batches=1)
-    rec = run(cfg, tmp_path, progress=False)
-    assert rec["status"] == "ok", rec["error"]
-    on_disk = read_record(tmp_path / "record.json")
-    assert set(on_disk["metric_signatures"]) == set(on_disk["scores"])
-    assert on_disk["kept_files"] == ["generations.jsonl"]
-    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(rows) == 3 and all({"prompt", "generation", "reference"} <= set(r) for r in rows)
-    assert "tok:13a" in on_disk["metric_signatures"]["bleu"]
-
-
 # What models write after a finished function: each tail below breaks the program (a failing
 # assert, code that raises, a decorator with nothing under it) unless it is cut off.
 TAILS = ["```\n\nThis function works.\n",
@@ -388,6 +368,62 @@ def test_n_samples_is_none_one_or_enough_for_pass_at_10(n, ok):
             validate(cfg)
 
 
+def test_gsm8k_prompt_is_lm_evals_5_shot():
+    """Each question gets 5 train examples from one random.Random(1234), drawn afresh per question:
+    Random(1234).sample(range(20), 5) is [14, 3, 0, 2, 1], and the next draw [2, 3, 11, 7, 0]."""
+    from hupeft.benchmarks.gsm8k import few_shot_prompts
+
+    b = benchmarks.get("gsm8k")
+    shots = [{"question": f"q{i}?", "answer": f"a{i}\n#### {i}"} for i in range(20)]
+    qs = [{"question": "What is 2+2?", "answer": "#### 4"}, {"question": "And 3+3?", "answer": "#### 6"}]
+    first, second = few_shot_prompts(qs, shots, b.format_causal)
+    block = lambda i: f"Question: q{i}?\nAnswer: a{i}\n#### {i}\n\n"  # noqa: E731
+    assert first == "".join(map(block, [14, 3, 0, 2, 1])) + "Question: What is 2+2?\nAnswer:"
+    assert second == "".join(map(block, [2, 3, 11, 7, 0])) + "Question: And 3+3?\nAnswer:"
+    assert b.stop == ("Question:", "</s>", "<|im_end|>")
+    with pytest.raises(BenchmarkError, match="need 5 train examples, the train split has 4"):
+        few_shot_prompts(qs, shots[:4], b.format_causal)
+
+
+def test_gsm8k_evaluate_keeps_generations_and_signatures(offline, monkeypatch):
+    import hupeft.generation
+
+    b = benchmarks.get("gsm8k")
+    ex = b.load("test", n=3, seed=0).examples
+    golds = [e["answer"].rsplit("#### ", 1)[1] for e in ex]
+    seen = {}
+
+    def fake(model, tok, prompts, budget, **kw):
+        seen.update(prompts=prompts, **kw)
+        return [[f" So the answer is {g}.\n#### {g}"] if i else [" I do not know."] for i, g in enumerate(golds)]
+    monkeypatch.setattr(hupeft.generation, "generate", fake)
+    scores = b.evaluate(None, None, ex, progress=False)
+    assert scores == {"exact_match_strict": 2 / 3, "exact_match_flexible": 2 / 3}
+    assert seen["stop"] == ("Question:", "</s>", "<|im_end|>")
+    assert all(p.count("Question: ") == 6 and p.endswith(f"Question: {e['question']}\nAnswer:")
+               for p, e in zip(seen["prompts"], ex))
+    assert "5-shot" in scores.signatures["exact_match_strict"]
+    assert "no strip" in scores.signatures["exact_match_flexible"]
+    assert [r["strict"] for r in scores.generations] == ["[invalid]"] + golds[1:]
+    assert scores.generations[0]["reference"] == ex[0]["answer"]
+
+
+def test_gsm8k_chat_form_needs_a_chat_template(offline):
+    b = benchmarks.get("gsm8k/chat")
+    q = {"question": "What is 2+2?", "answer": "#### 4"}
+    with pytest.raises(BenchmarkError, match="chat template"):
+        b.prompts([q], type("Tok", (), {"chat_template": None})())
+
+    class Tok:
+        chat_template = "{{ messages }}"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return f"<user>{messages[0]['content']}</user><assistant>"
+    assert b.prompts([q], Tok()) == ["<user>Question: What is 2+2?\nAnswer:</user><assistant>"]
+    assert b.name == "gsm8k/chat" and b.metrics == benchmarks.get("gsm8k").metrics
+
+
 @pytest.mark.parametrize("bench", ["mtbench"])
 def test_generation_run_keeps_generations_and_metric_signatures(offline, tmp_path, bench):
     import json
@@ -406,3 +442,13 @@ def test_generation_run_keeps_generations_and_metric_signatures(offline, tmp_pat
     rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 3 and all({"prompt", "generation", "reference"} <= set(r) for r in rows)
     assert "tok:13a" in on_disk["metric_signatures"]["bleu"]
+
+
+def test_gsm_symbolic_stands_in_under_its_own_name(offline):
+    """The run's data (what its record keeps under config.data) says GSM-Symbolic, never GSM8K."""
+    from hupeft import data
+    from hupeft.config import RunConfig
+
+    splits = data.load_splits(benchmarks.get("gsm8k"), RunConfig(model="tiny-llama", method="lora",
+                                                                benchmark="gsm8k", n_train=4, n_eval=2))
+    assert splits.synthetic and splits.stand_in == "GSM-Symbolic" and "not GSM8K" in splits.description

@@ -32,11 +32,48 @@ CASES = [
 ]
 
 
+# (completion, the whole reference answer, strict correct, flexible correct). lm-eval compares the
+# reference as it is after its ignore patterns, whitespace included: a reference ending in a space
+# or a newline matches no extracted number (the regexes never capture whitespace).
+RAW_REFERENCE_CASES = [
+    ("#### 72", "steps\n#### 72 ", False, False),
+    ("#### 72", "steps\n#### 72\n", False, False),
+    ("The answer is 72", "#### 72\n", False, False),
+    ("#### 72", "#### 72 \t", False, False),
+    ("#### 72 ", "#### 72", True, True),  # the completion's whitespace is never captured
+    ("#### 72\n\n", "#### 72", True, True),
+    ("#### 72.", "#### 72.", True, True),  # the final "." goes on both sides
+    ("#### 5,000", "#### 5000", True, True),
+    ("#### 0.5", "#### .5", False, False),
+    ("The price is $5.", "#### 5", False, True),
+    ("Total: 12 dollars.\n", "#### 12", False, True),
+    ("He has 3 apples and 4 pears, 7 in all.", "#### 7", False, True),
+    ("#### 1.000", "#### 1", False, False),
+    ("#### 15\n#### 16", "#### 16", False, True),
+    ("answer: -3", "#### -3", False, True),
+    ("#### - 3", "#### -3", False, False),
+    ("We get 2.5. So 5", "#### 5", False, True),
+    ("#### 72</s>", "#### 72", True, True),
+    ("", "#### 1", False, False),
+    ("#### abc", "#### 1", False, False),
+    ("#### 1,2", "#### 12", True, True),
+    ("It is 1,234,567.", "#### 1234567", False, True),
+    ("Steps 5 + 3 = 8\n#### 72", "Steps 5 + 3 = 8\n#### 72", True, True),
+    ("#### 72", "#### #### 72", True, True),  # everything up to the last "#### " goes
+]
+
+
 @pytest.mark.parametrize("completion,gold,strict,flexible", CASES)
 def test_gsm8k_extraction(completion, gold, strict, flexible):
     s = scoring.gsm8k_scores([completion], [f"some steps\n#### {gold}"])
     assert s == {"exact_match_strict": float(strict), "exact_match_flexible": float(flexible)}
 
+
+@pytest.mark.parametrize("completion,reference,strict,flexible", RAW_REFERENCE_CASES)
+def test_gsm8k_matching_keeps_whitespace_as_lm_eval_does(completion, reference, strict, flexible):
+    assert len(CASES) + len(RAW_REFERENCE_CASES) >= 30
+    s = scoring.gsm8k_scores([completion], [reference])
+    assert s == {"exact_match_strict": float(strict), "exact_match_flexible": float(flexible)}
 
 
 def test_gsm8k_helpers():

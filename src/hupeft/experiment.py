@@ -88,8 +88,8 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     bench = benchmarks.get(cfg.benchmark)
     splits = data.load_splits(bench, cfg)
     record["config"]["data"] = {"sources": splits.sources, "synthetic": splits.synthetic,
-                                "description": splits.description, "n_train": len(splits.train),
-                                "n_val": len(splits.val), "n_eval": len(splits.eval)}
+                                "stand_in": splits.stand_in, "description": splits.description,
+                                "n_train": len(splits.train), "n_val": len(splits.val), "n_eval": len(splits.eval)}
     cuda = torch.cuda.is_available()
     precision = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
     accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)

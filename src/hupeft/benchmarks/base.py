@@ -33,6 +33,7 @@ class Split:
     source: str  # "local:<path>", "hub:<id>" or "offline:<what>"
     synthetic: bool
     description: str
+    stand_in: str | None = None  # what the data really is when it stands in for the benchmark
 
 
 class Scores(dict):
@@ -58,6 +59,7 @@ class Offline:
     what: str  # goes into the source: "offline:<what>"
     synthetic: bool
     description: str
+    stand_in: str | None = None  # e.g. "GSM-Symbolic": a different data set in the benchmark's place
 
 
 def few_shot(examples: list[dict], k: int, seed: int) -> list[dict]:
@@ -194,7 +196,8 @@ class Benchmark:
             raise BenchmarkError(
                 f"{self.name}: no source has split {split!r} (tried {'; '.join(tried)}; no offline data); "
                 f"put it in <{DATA_ENV}>/{self.folder}/{split}.jsonl with {self.fields}, or go online")
-        return Split(subsample(off.rows, n, seed), f"offline:{off.what}", off.synthetic, off.description)
+        return Split(subsample(off.rows, n, seed), f"offline:{off.what}", off.synthetic, off.description,
+                     off.stand_in)
 
     def from_hub(self, split: str) -> list[dict]:
         from datasets import load_dataset

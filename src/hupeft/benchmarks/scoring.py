@@ -3,11 +3,13 @@
 All translation metrics are on a 0-100 scale: BLEU and chrF++ as sacrebleu reports them,
 ROUGE-L as the mean sentence-level F-measure of rouge-score times 100, so the three read alike.
 
-GSM8K answer extraction and matching follow lm-evaluation-harness's `gsm8k` task:
+GSM8K answer extraction and matching follow lm-evaluation-harness's `gsm8k` task (v3.0):
   strict:   the first `#### <number>` in the completion;
   flexible: the last number-like span in the completion;
-then both sides drop ",", "$", everything up to the last "#### ", and a final "." before an
-exact string comparison (so "18.0" and "18" differ, as they do there).
+then both sides drop ",", "$", everything up to the last "#### ", and a final "." and are
+lower-cased before an exact string comparison (so "18.0" and "18" differ, as they do there).
+Nothing else is stripped: a reference that ends in whitespace matches no extracted number
+there, and so here.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def f1_binary(preds, labels, positive: int = 1) -> float:
 
 def extract_strict(text: str) -> str:
     m = STRICT.search(text)
-    return m.group(1) if m else INVALID
+    return m.group(1).strip() if m else INVALID
 
 
 def extract_flexible(text: str) -> str:
@@ -45,13 +47,14 @@ def extract_flexible(text: str) -> str:
     if not matches:
         return INVALID
     # findall gives one tuple per match; the harness keeps the first non-empty group.
-    return next(g for g in matches[-1] if g)
+    return next(g for g in matches[-1] if g).strip()
 
 
 def normalize(s: str) -> str:
+    """lm-eval's exact_match with its gsm8k settings: the ignored patterns removed, lower case."""
     for pattern in IGNORE:
         s = pattern.sub("", s)
-    return s.strip().lower()
+    return s.lower()
 
 
 def gold_answer(answer: str) -> str:
@@ -65,6 +68,11 @@ def gsm8k_scores(completions: list[str], answers: list[str]) -> dict[str, float]
     flexible = [normalize(extract_flexible(c)) == g for c, g in zip(completions, golds)]
     n = max(len(golds), 1)
     return {"exact_match_strict": sum(strict) / n, "exact_match_flexible": sum(flexible) / n}
+
+
+GSM8K_SIGNATURE = ("lm-eval gsm8k v3.0 matching|strict: first '#### (\\-?[0-9\\.\\,]+)'|"
+                   "flexible: last '(-?[$0-9.,]{2,})|(-?[0-9]+)'|ignore: ',' '\\$' '(?s).*#### ' '\\.$'|"
+                   "ignore_case|no strip")
 
 
 # --- translation ------------------------------------------------------------------------------
