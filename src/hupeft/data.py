@@ -25,6 +25,7 @@ class Splits:
     sources: dict[str, str]
     synthetic: bool
     description: str
+    stand_in: str | None = None  # what the data is when another data set stands in for the benchmark
 
 
 def load_splits(bench, cfg) -> Splits:
@@ -59,7 +60,8 @@ def load_splits(bench, cfg) -> Splits:
         evals = evals[: cfg.n_eval]
     if not train:
         raise ValueError(f"{bench.name}: no training examples left; raise n_train or provide a train split")
-    return Splits(train, val, evals, sources, bool(eval_split.synthetic), eval_split.description)
+    return Splits(train, val, evals, sources, bool(eval_split.synthetic), eval_split.description,
+                  eval_split.stand_in)
 
 
 # --- token budgets: truncation is never silent ------------------------------------------------

@@ -51,7 +51,7 @@ def run(config: RunConfig | dict, out_dir: str | os.PathLike | None = None, *, r
     cfg = validate(cfg)
     out = Path(out_dir) if out_dir is not None else None
     record = RunRecord(schema_version=SCHEMA_VERSION, status="ok", error=None, config=cfg.to_dict(),
-                       params={}, epochs=[], scores={}, hybrid_lambda=None, steps=[],
+                       params={}, epochs=[], scores={}, metric_signatures={}, hybrid_lambda=None, steps=[],
                        environment=environment(), started_at=time.time(), finished_at=None)
     try:
         _train_and_score(cfg, record, out, resume, progress)
@@ -88,8 +88,8 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     bench = benchmarks.get(cfg.benchmark)
     splits = data.load_splits(bench, cfg)
     record["config"]["data"] = {"sources": splits.sources, "synthetic": splits.synthetic,
-                                "description": splits.description, "n_train": len(splits.train),
-                                "n_val": len(splits.val), "n_eval": len(splits.eval)}
+                                "stand_in": splits.stand_in, "description": splits.description,
+                                "n_train": len(splits.train), "n_val": len(splits.val), "n_eval": len(splits.eval)}
     cuda = torch.cuda.is_available()
     precision = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
     accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
@@ -211,11 +211,30 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
                             temperature=cfg.temperature, progress=progress, truncation=eval_cut)
     _record_truncation(record, eval=eval_cut)
     record["scores"] = {k: float(v) for k, v in scores.items()}
+    record["metric_signatures"] = dict(getattr(scores, "signatures", {}))
+    if out is not None:
+        record["kept_files"] = _keep_outputs(out, scores)
     if getattr(bench, "runs_code", False):  # which sandbox produced these scores (hupeft.sandbox)
         from hupeft.sandbox import isolation
 
         record["code_isolation"] = isolation()
     record["diagnostics"] = {k: v for k, v in adapted.diagnostics().items() if k != "lambda"}
+
+
+GENERATIONS_NAME = "generations.jsonl"
+
+
+def _keep_outputs(out: Path, scores) -> list[str]:
+    """Write the generations behind the scores (and any further files, such as HumanEval's
+    samples.jsonl) beside the record, each atomically; their names, for the record."""
+    from .atomic import atomic_write_jsonl
+
+    files = dict(getattr(scores, "files", {}))
+    if getattr(scores, "generations", None):
+        files = {GENERATIONS_NAME: scores.generations, **files}
+    for name, rows in files.items():
+        atomic_write_jsonl(out / name, rows)
+    return sorted(files)
 
 
 def _record_truncation(record: RunRecord, **parts) -> None:

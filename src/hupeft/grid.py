@@ -179,7 +179,7 @@ def write_failed_record(cell: Cell, error: str) -> None:
 
     write_record({"schema_version": SCHEMA_VERSION, "status": "failed", "error": error,
                   "config": cell.config.to_dict(), "params": {}, "epochs": [], "scores": {},
-                  "hybrid_lambda": None, "steps": [], "environment": {}, "started_at": None,
+                  "metric_signatures": {}, "hybrid_lambda": None, "steps": [], "environment": {}, "started_at": None,
                   "finished_at": time.time()}, cell.out_dir / RECORD_NAME)
 
 

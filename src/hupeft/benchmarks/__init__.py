@@ -6,13 +6,14 @@
     prompt, target = b.format_causal(data.examples[0])
     scores = b.evaluate(model, tokenizer, data.examples)   # keys: b.metrics
 
-Names: glue/sst2, glue/mnli, glue/qqp, glue/qnli, gsm8k, mtbench (translation; see
-translation.py for why the name), humaneval, xnli/<lang>, flores/<src>-<tgt> (FLORES codes).
+Names: glue/sst2, glue/mnli, glue/qqp, glue/qnli, gsm8k (5-shot; gsm8k/chat: zero-shot in the chat
+template), mtbench (translation; see translation.py for why the name), humaneval, xnli/<lang>,
+flores/<src>-<tgt> (FLORES codes).
 """
 
 from __future__ import annotations
 
-from .base import DATA_ENV, Benchmark, BenchmarkError, Split, few_shot
+from .base import DATA_ENV, Benchmark, BenchmarkError, Scores, Split, few_shot
 from .glue import GLUE
 from .gsm8k import GSM8K
 from .humaneval import HumanEval
@@ -20,7 +21,7 @@ from .translation import LISTED, Flores, MTBench
 from .xnli import LANGUAGES as XNLI_LANGUAGES
 from .xnli import XNLI
 
-__all__ = ["Benchmark", "BenchmarkError", "DATA_ENV", "Split", "few_shot", "get", "names"]
+__all__ = ["Benchmark", "BenchmarkError", "DATA_ENV", "Scores", "Split", "few_shot", "get", "names"]
 
 
 def names() -> list[str]:
@@ -36,6 +37,8 @@ def get(name: str) -> Benchmark:
         return GLUE[name]()
     if name == "gsm8k":
         return GSM8K()
+    if name == "gsm8k/chat":
+        return GSM8K("chat")
     if name == "mtbench":
         return MTBench()
     if name == "humaneval":
@@ -49,5 +52,5 @@ def get(name: str) -> Benchmark:
             raise BenchmarkError(f"bad FLORES name {name!r}; write flores/<src>-<tgt>, e.g. flores/eng_Latn-deu_Latn")
         return Flores(src, tgt)
     fixed = list(GLUE) + ["gsm8k", "mtbench", "humaneval"]
-    raise BenchmarkError(f"unknown benchmark {name!r}; use one of {', '.join(fixed)}, "
+    raise BenchmarkError(f"unknown benchmark {name!r}; use one of {', '.join(fixed)}, gsm8k/chat, "
                          "xnli/<lang> or flores/<src>-<tgt>")

