@@ -186,3 +186,4 @@ def test_audit_tables_mark_the_disagreeing_means(audit, monkeypatch):
     assert "\n".join(tables).count("<td>≠</td>") == 8
     assert "<td>27.7</td>" in tables[2] and "<td>27.57</td>" in tables[2] and "<td>+0.13</td>" in tables[2]
     assert pd.Series(said).str.contains("Llama3.3-70B · mtbench · bleu · LoRA-GA: printed 27.7").any()
+    assert pd.Series(said).str.contains(r"\(8 of 8 are the median of the three runs").any()

@@ -46,12 +46,14 @@ def _cell(x, digits: int | None) -> str:
     return str(x)
 
 
-def _html(frame: pd.DataFrame, digits: int | None = 3) -> None:
-    """A table with every value as text: numbers at `digits`, missing values as a dash."""
+def _html(frame: pd.DataFrame, digits: int | None = 3, wrap: bool = False) -> None:
+    """A table with every value as text: numbers at `digits`, missing values as a dash. `wrap`
+    lets cells of prose wrap (numeric cells never do, so a number is not split across lines)."""
     from IPython.display import HTML, display
 
     shown = frame.astype(object).apply(lambda col: col.map(lambda x: _cell(x, digits)))
-    display(HTML(shown.to_html(index=False, classes="hupeft-table", border=0, escape=True, justify="left")))
+    classes = ["hupeft-table", "hupeft-wrap"] if wrap else "hupeft-table"
+    display(HTML(shown.to_html(index=False, classes=classes, border=0, escape=True, justify="left")))
 
 
 def _show(fig) -> None:
@@ -451,8 +453,8 @@ def show_paper_audit(audit: pd.DataFrame) -> None:
     _glue("paper_means_total", int(len(audit)))
     _glue("paper_means_disagree", int(len(bad)))
     _md(f"The paper's own Table I, every printed number (`data/paper/table1.csv`). Of its {len(audit)} "
-        f"printed means, **{len(bad)}** differ from the mean of their own three runs by more than the "
-        f"rounding of one printed decimal ({half:.2f}); they are marked ≠.")
+        f"printed means, **{len(bad)}** differ from the mean of their own three runs by more than half a "
+        f"unit of the printed decimal ({half:.2f}); they are marked ≠.")
     for (bench, metric), part in audit.groupby(["benchmark", "metric"], sort=False):
         # Printed numbers keep the paper's one decimal; the computed ones get two, to show the gap.
         one = {c: part[c].map("{:.1f}".format) for c in part.columns if c.startswith("run ") or c == "printed"}
@@ -461,11 +463,15 @@ def show_paper_audit(audit: pd.DataFrame) -> None:
             **{"mean of runs": part["mean of runs"].map("{:.2f}".format),
                "printed − mean": part["printed − mean"].map("{:+.2f}".format),
                "≠": ["≠" if d else "" for d in part["disagrees"]]})
-        _md(f"#### {bench} · {metric}")
+        _md(f"### {bench} · {metric}")
         _html(shown)
     for _, r in audit.iterrows():
         _glue(f"paper/{r['model']}/{r['benchmark']}/{r['metric']}/{r['method']}/mean_of_runs", float(r["mean of runs"]))
-    _md("Printed means that disagree with their runs:\n" + "\n".join(
+    runs = bad[[c for c in bad.columns if c.startswith("run ")]]
+    medians = int((runs.median(axis=1) - bad["printed"]).abs().lt(1e-9).sum())
+    _glue("paper_means_disagree_median", medians)
+    _md(f"Printed means that disagree with their runs ({medians} of {len(bad)} are the median of the "
+        "three runs instead of their mean):\n" + "\n".join(
         f"- {r['model']} · {r['benchmark']} · {r['metric']} · {METHOD_LABEL.get(r['method'], r['method'])}: "
         f"printed {r['printed']:.1f}, runs {r['run 1']:.1f}, {r['run 2']:.1f}, {r['run 3']:.1f} "
         f"(mean {r['mean of runs']:.2f})" for _, r in bad.iterrows()))
@@ -481,7 +487,7 @@ def show_claims(text: pd.DataFrame, resources: pd.DataFrame) -> None:
         f"(printed means; a difference may also match the runs' means; one printed decimal of slack). "
         f"Of {len(text)} claims, **{counts.get('supported', 0)} are supported** and "
         f"**{counts.get('contradicted', 0)} contradicted** by the table they describe.")
-    _html(text.drop(columns=["claimed", "table value"]))
+    _html(text.drop(columns=["claimed", "table value"]), wrap=True)
     for _, r in text.iterrows():
         _glue(f"claim/{r['id']}/status", r["status"])
         _glue(f"claim/{r['id']}/table", float(r["table value"]))
@@ -491,6 +497,6 @@ def show_claims(text: pd.DataFrame, resources: pd.DataFrame) -> None:
         f"{rcounts.get('contradicted', 0)} memory figures are below what the model's weights need even at "
         "4 bits. Where our runs measure the same ratio or curve, `ours` gives it (this preset's models, "
         "not the paper's; see {doc}`03-fig1` and {doc}`04-fig2`).")
-    _html(resources.drop(columns=["section"]))
+    _html(resources.drop(columns=["section"]), wrap=True)
     for _, r in resources.iterrows():
         _glue(f"claim/{r['id']}/status", r["status"])
