@@ -156,8 +156,10 @@ def show_table1(t1: pd.DataFrame, paper: pd.DataFrame, glue: pd.DataFrame | None
         "run over its GLUE tasks; ours are single synthetic GLUE-style tasks. Different models and "
         "data: the paper's numbers are context, not targets.")
     if glue is not None and not glue.empty:
-        _md("`GLUE mean (ours)`: the paper's GLUE number, the mean of the four GLUE tasks' accuracies in "
-            "one seed, for each model and method that ran all four on the same seeds.")
+        tasks = ", ".join(t.split("/")[-1].upper() for t in report.GLUE_TASKS)
+        _md(f"`GLUE mean (ours)`: the unweighted mean of the accuracies on {tasks} (the GLUE tasks the "
+            "paper names) within one seed, the usual GLUE aggregate, for each model and method that ran "
+            "all of them on the same seed; the paper does not say how it combines its tasks.")
         for _, r in glue.iterrows():
             _glue(f"t1/{r['model']}/glue/{r['method']}/score", float(r["mean"]))
     for pbench, frame in report.table1_layout(t1, paper, glue).items():

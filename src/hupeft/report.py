@@ -412,8 +412,10 @@ def paper_audit(paper: pd.DataFrame, tolerance: float = ROUNDING) -> pd.DataFram
 
 
 def glue_score(df: pd.DataFrame) -> pd.DataFrame:
-    """The paper's GLUE number (the mean of its four task scores in one run) for each model and
-    method whose runs cover all four GLUE tasks on the same seed; mean and 95% interval over seeds."""
+    """Our counterpart of the paper's GLUE number: the unweighted mean of the accuracies on the four
+    GLUE tasks it names, within one seed (the usual GLUE aggregate; the paper does not say how it
+    combines them), for each model and method that ran all four on a seed; mean and 95% interval
+    over those seeds."""
     from .stats import mean_interval
 
     long = scores_long(df[df["status"] == "ok"])
