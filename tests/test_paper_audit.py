@@ -150,6 +150,15 @@ def test_glue_score_is_the_mean_of_four_tasks_on_seeds_that_ran_all_four(glue_ru
     assert frame.loc["LoRA", "a · GLUE mean (ours)"] == "–"
 
 
+def test_table1_page_shows_the_glue_mean_column(glue_runs, monkeypatch):
+    shown = []
+    monkeypatch.setattr(pages, "_md", shown.append)
+    monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(getattr(obj, "data", str(obj))))
+    pages.show_table1(report.table1(glue_runs), report.paper_table1(), report.glue_score(glue_runs))
+    text = "\n".join(map(str, shown))
+    assert "<th>a · GLUE mean (ours)</th>" in text and "MNLI, QQP, SST2, QNLI" in text
+
+
 def test_our_time_and_memory_ratios_sit_beside_the_papers(glue_runs):
     _, resources = report.paper_claims()
     checked = report.check_resource_claims(resources, report.fig1_frame(glue_runs),

@@ -569,7 +569,9 @@ def _ours_epochs(ep: pd.DataFrame, methods: str, column: str, last_only: bool) -
     for method in methods.split(","):
         part = ep[ep["method"].astype(str) == method]
         for model, g in part.groupby("model"):
-            by = g.groupby("epoch")[column].mean()
+            by = pd.to_numeric(g.set_index("epoch")[column], errors="coerce").groupby(level=0).mean().dropna()
+            if by.empty:  # a run that records no such value says nothing about the curve
+                continue
             first, last = by.index[0], by.index[-1]
             span = (f"epoch {last} {by.iloc[-1]:.3g}" if last_only
                     else f"epoch {first}–{last} {by.iloc[0]:.3g} → {by.iloc[-1]:.3g}")
