@@ -165,6 +165,7 @@ def test_our_time_and_memory_ratios_sit_beside_the_papers(glue_runs):
                                            report.epochs_long(glue_runs)).set_index("id")
     assert checked.loc["speedup-hybrid-full", "ours"] == "a: full / hybrid time per epoch 2.00x"
     assert checked.loc["memory-hybrid-full", "ours"] == "a: hybrid peak memory 66.7% below full"
+    assert report._below(-4.5) == "4.5% above"  # a hybrid that needs more is not "-4.5% below"
     assert checked.loc["gradnorm-hybrid-epoch10", "ours"] == "Hybrid · a: epoch 1–2 2 → 1; Hybrid · b: epoch 1–2 2 → 1"
 
 

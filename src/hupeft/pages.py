@@ -498,7 +498,7 @@ def show_claims(text: pd.DataFrame, resources: pd.DataFrame) -> None:
         f"{rcounts.get(report.NOT_CHECKABLE, 0)} of {len(resources)} are {report.NOT_CHECKABLE}; "
         f"{rcounts.get('contradicted', 0)} memory figures are below what the model's weights need even at "
         "4 bits. Where our runs measure the same ratio or curve, `ours` gives it (this preset's models, "
-        "not the paper's; see {doc}`03-fig1` and {doc}`04-fig2`).")
+        "not the paper's; the Fig. 1 and Fig. 2 pages show them in full).")
     _html(resources.drop(columns=["section"]), wrap=True)
     for _, r in resources.iterrows():
         _glue(f"claim/{r['id']}/status", r["status"])

@@ -601,7 +601,12 @@ def _memory_reduction(c, rclaims, f1, ep) -> tuple[str, str, str]:
     ours = _ratio_by_model(f1, "peak_memory_gib")
     return (NOT_CHECKABLE, "; ".join(f"the text's own {m} memory: {100 * (1 - 1 / v):.1f}% less"
                                      for m, v in paper.items()),
-            "; ".join(f"{m}: hybrid peak memory {100 * (1 - 1 / v):.1f}% below full" for m, v in ours.items()))
+            "; ".join(f"{m}: hybrid peak memory {_below(100 * (1 - 1 / v))} full" for m, v in ours.items()))
+
+
+def _below(percent: float) -> str:
+    """'12.0% below', or '4.5% above' where the hybrid needs more (a negative reduction)."""
+    return f"{abs(percent):.1f}% {'below' if percent >= 0 else 'above'}"
 
 
 def _curve(column: str, last_only: bool):
