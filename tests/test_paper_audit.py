@@ -194,6 +194,7 @@ def test_audit_tables_mark_the_disagreeing_means(audit, monkeypatch):
     tables = [x for x in shown if "<table" in str(x)]
     assert len(tables) == 5  # glue, gsm8k, mtbench, humaneval pass@1 and pass@10
     assert "\n".join(tables).count("<td>≠</td>") == 8
+    assert "<td>-0.00</td>" not in "\n".join(tables)
     assert "<td>27.7</td>" in tables[2] and "<td>27.57</td>" in tables[2] and "<td>+0.13</td>" in tables[2]
     assert pd.Series(said).str.contains("Llama3.3-70B · mtbench · bleu · LoRA-GA: printed 27.7").any()
     assert pd.Series(said).str.contains(r"\(8 of 8 are the median of the three runs").any()

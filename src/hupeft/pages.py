@@ -463,7 +463,8 @@ def show_paper_audit(audit: pd.DataFrame) -> None:
         shown = part.drop(columns=["benchmark", "metric", "disagrees"]).assign(
             **one, method=[METHOD_LABEL.get(m, m) for m in part["method"]],
             **{"mean of runs": part["mean of runs"].map("{:.2f}".format),
-               "printed − mean": part["printed − mean"].map("{:+.2f}".format),
+               # round first: a float difference of 7e-15 is no reason to print "-0.00"
+               "printed − mean": part["printed − mean"].map(lambda x: f"{round(x, 2) + 0.0:+.2f}"),
                "≠": ["≠" if d else "" for d in part["disagrees"]]})
         _md(f"### {bench} · {metric}")
         _html(shown)

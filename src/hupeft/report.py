@@ -454,7 +454,7 @@ def _claim_text(c) -> str:
     if c["kind"] == "at_least":
         return f"{_label(c['method'])} − {_label(c['versus'])} ≥ {c['claimed']} {c['unit']} ({what})"
     rivals = ", ".join(_label(m) for m in c["versus"].split(","))
-    return f"{_label(c['method'])} highest of it and {rivals} on every model ({what})"
+    return f"{_label(c['method'])} ≥ each of {rivals}, on every model ({what})"
 
 
 def _cells(paper: pd.DataFrame, c) -> tuple[pd.DataFrame, pd.DataFrame]:
