@@ -78,6 +78,17 @@ def test_changed_parameter_changes_the_books_numbers(smoke_book):
     assert len(after["02-table1"]) == len(before["02-table1"])
 
 
+def test_claims_page_shows_each_claims_status_and_the_audit(smoke_book):
+    """The paper audit on the smoke book: Table I's disagreeing means marked, each claim's status."""
+    claims = (HTML / "book" / "results" / "09-claims.html").read_text()
+    for needle in ("supported", "contradicted", "not checkable from Table I", "202.9 GB",
+                   "Llama3.3-70B: Full FT 53.1 &gt; Hybrid 53.0", "largest +1.1 (BloomZ-7B1)"):
+        assert needle in claims, needle
+    assert "{doc}" not in claims  # a role in a cell's Markdown output is not rendered
+    table1 = (HTML / "book" / "results" / "02-table1.html").read_text()
+    assert table1.count("<td>≠</td>") == 8
+
+
 CHROMIUM = next((c for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
 
 

@@ -46,12 +46,14 @@ def _cell(x, digits: int | None) -> str:
     return str(x)
 
 
-def _html(frame: pd.DataFrame, digits: int | None = 3) -> None:
-    """A table with every value as text: numbers at `digits`, missing values as a dash."""
+def _html(frame: pd.DataFrame, digits: int | None = 3, wrap: bool = False) -> None:
+    """A table with every value as text: numbers at `digits`, missing values as a dash. `wrap`
+    lets cells of prose wrap (numeric cells never do, so a number is not split across lines)."""
     from IPython.display import HTML, display
 
     shown = frame.astype(object).apply(lambda col: col.map(lambda x: _cell(x, digits)))
-    display(HTML(shown.to_html(index=False, classes="hupeft-table", border=0, escape=True, justify="left")))
+    classes = ["hupeft-table", "hupeft-wrap"] if wrap else "hupeft-table"
+    display(HTML(shown.to_html(index=False, classes=classes, border=0, escape=True, justify="left")))
 
 
 def _show(fig) -> None:
@@ -147,7 +149,7 @@ def show_failures(df: pd.DataFrame) -> None:
 # --- Table I ---------------------------------------------------------------------------------------
 
 
-def show_table1(t1: pd.DataFrame, paper: pd.DataFrame) -> None:
+def show_table1(t1: pd.DataFrame, paper: pd.DataFrame, glue: pd.DataFrame | None = None) -> None:
     if t1.empty:
         _md("No run finished ok, so there is nothing to tabulate.")
         return
@@ -156,7 +158,14 @@ def show_table1(t1: pd.DataFrame, paper: pd.DataFrame) -> None:
         "means for its own models (`data/paper/table1.csv`). The paper's GLUE column is one score per "
         "run over its GLUE tasks; ours are single synthetic GLUE-style tasks. Different models and "
         "data: the paper's numbers are context, not targets.")
-    for pbench, frame in report.table1_layout(t1, paper).items():
+    if glue is not None and not glue.empty:
+        tasks = ", ".join(t.split("/")[-1].upper() for t in report.GLUE_TASKS)
+        _md(f"`GLUE mean (ours)`: the unweighted mean of the accuracies on {tasks} (the GLUE tasks the "
+            "paper names) within one seed, the usual GLUE aggregate, for each model and method that ran "
+            "all of them on the same seed; the paper does not say how it combines its tasks.")
+        for _, r in glue.iterrows():
+            _glue(f"t1/{r['model']}/glue/{r['method']}/score", float(r["mean"]))
+    for pbench, frame in report.table1_layout(t1, paper, glue).items():
         part = t1[t1["benchmark"].map(report.PAPER_BENCHMARK).fillna(t1["benchmark"]) == pbench]
         ours = ", ".join(f"{b} {m}" for b, m in part[["benchmark", "metric"]].drop_duplicates().values)
         theirs = ", ".join(sorted({v for (b, m), v in report.PAPER_METRIC.items() if b == pbench
@@ -433,3 +442,67 @@ def show_environment(df: pd.DataFrame) -> None:
 def show_run_index(df: pd.DataFrame) -> None:
     _md("Every run of this preset, with its executed notebook (in the results folder) and record:")
     _html(report.run_index(df))
+
+
+# --- the paper audited against itself -------------------------------------------------------------
+
+
+def show_paper_audit(audit: pd.DataFrame) -> None:
+    """Table I's own numbers: each cell's three runs, printed mean and the mean of those runs,
+    one table per benchmark and metric, the disagreeing printed means marked and listed."""
+    if audit.empty:
+        _md("`data/paper/table1.csv` is missing.")
+        return
+    bad = audit[audit["disagrees"]]
+    half = report.ROUNDING
+    _glue("paper_means_total", int(len(audit)))
+    _glue("paper_means_disagree", int(len(bad)))
+    _md(f"The paper's own Table I, every printed number (`data/paper/table1.csv`). Of its {len(audit)} "
+        f"printed means, **{len(bad)}** differ from the mean of their own three runs by more than half a "
+        f"unit of the printed decimal ({half:.2f}); they are marked ≠.")
+    for (bench, metric), part in audit.groupby(["benchmark", "metric"], sort=False):
+        # Printed numbers keep the paper's one decimal; the computed ones get two, to show the gap.
+        one = {c: part[c].map("{:.1f}".format) for c in part.columns if c.startswith("run ") or c == "printed"}
+        shown = part.drop(columns=["benchmark", "metric", "disagrees"]).assign(
+            **one, method=[METHOD_LABEL.get(m, m) for m in part["method"]],
+            **{"mean of runs": part["mean of runs"].map("{:.2f}".format),
+               # round first: a float difference of 7e-15 is no reason to print "-0.00"
+               "printed − mean": part["printed − mean"].map(lambda x: f"{round(x, 2) + 0.0:+.2f}"),
+               "≠": ["≠" if d else "" for d in part["disagrees"]]})
+        _md(f"### {bench} · {metric}")
+        _html(shown)
+    for _, r in audit.iterrows():
+        _glue(f"paper/{r['model']}/{r['benchmark']}/{r['metric']}/{r['method']}/mean_of_runs", float(r["mean of runs"]))
+    runs = bad[[c for c in bad.columns if c.startswith("run ")]]
+    medians = int((runs.median(axis=1) - bad["printed"]).abs().lt(1e-9).sum())
+    _glue("paper_means_disagree_median", medians)
+    _md(f"Printed means that disagree with their runs ({medians} of {len(bad)} are the median of the "
+        "three runs instead of their mean):\n" + "\n".join(
+        f"- {r['model']} · {r['benchmark']} · {r['metric']} · {METHOD_LABEL.get(r['method'], r['method'])}: "
+        f"printed {r['printed']:.1f}, runs {r['run 1']:.1f}, {r['run 2']:.1f}, {r['run 3']:.1f} "
+        f"(mean {r['mean of runs']:.2f})" for _, r in bad.iterrows()))
+
+
+def show_claims(text: pd.DataFrame, resources: pd.DataFrame) -> None:
+    """The text's claims with their status: Table I claims first, then Fig. 1 / Fig. 2 numbers."""
+    counts = text["status"].value_counts()
+    for status in ("supported", "contradicted"):
+        _glue(f"claims_{status}", int(counts.get(status, 0)))
+    _glue("claims_total", int(len(text)))
+    _md(f"## Claims about Table I\nEach numeric claim of the text checked against the paper's own Table I "
+        f"(printed means; a difference may also match the runs' means; one printed decimal of slack). "
+        f"Of {len(text)} claims, **{counts.get('supported', 0)} are supported** and "
+        f"**{counts.get('contradicted', 0)} contradicted** by the table they describe.")
+    _html(text.drop(columns=["claimed", "table value"]), wrap=True)
+    for _, r in text.iterrows():
+        _glue(f"claim/{r['id']}/status", r["status"])
+        _glue(f"claim/{r['id']}/table", float(r["table value"]))
+    rcounts = resources["status"].value_counts()
+    _md(f"## Time, memory and training curves (Fig. 1 and Fig. 2)\nTable I holds none of these quantities: "
+        f"{rcounts.get(report.NOT_CHECKABLE, 0)} of {len(resources)} are {report.NOT_CHECKABLE}; "
+        f"{rcounts.get('contradicted', 0)} memory figures are below what the model's weights need even at "
+        "4 bits. Where our runs measure the same ratio or curve, `ours` gives it (this preset's models, "
+        "not the paper's; the Fig. 1 and Fig. 2 pages show them in full).")
+    _html(resources.drop(columns=["section"]), wrap=True)
+    for _, r in resources.iterrows():
+        _glue(f"claim/{r['id']}/status", r["status"])

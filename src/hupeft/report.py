@@ -27,7 +27,7 @@ GENERATED = REPO / "book" / "results"
 # our metric that sits beside the paper's metric there.
 PAPER_BENCHMARK = {"glue/mnli": "glue", "glue/qqp": "glue", "glue/sst2": "glue", "glue/qnli": "glue",
                    "gsm8k": "gsm8k", "mtbench": "mtbench", "humaneval": "humaneval"}
-PAPER_METRIC = {("glue", "accuracy"): "score", ("gsm8k", "exact_match_strict"): "accuracy",
+PAPER_METRIC = {("glue", "accuracy"): "score", ("glue", "score"): "score", ("gsm8k", "exact_match_strict"): "accuracy",
                 ("mtbench", "bleu"): "bleu", ("humaneval", "pass@1"): "pass@1", ("humaneval", "pass@10"): "pass@10"}
 # Fractions in records, percentages on the page (as the paper prints them).
 PERCENT_METRICS = {"accuracy", "f1", "exact_match_strict", "exact_match_flexible", "pass@1", "pass@10"}
@@ -109,13 +109,16 @@ def fmt_interval(mean: float, half: float, digits: int = 1) -> str:
     return f"{mean:.{digits}f}" if pd.isna(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
-def table1_layout(t1: pd.DataFrame, paper: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def table1_layout(t1: pd.DataFrame, paper: pd.DataFrame, glue: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """The paper's layout: one table per paper benchmark; methods as rows; our (model, task,
-    metric) columns, then the paper's printed mean for each of its models."""
+    metric) columns, our GLUE score where `glue` (from `glue_score`) has one, then the paper's
+    printed mean for each of its models."""
     pm = paper_means(paper)
     tables = {}
     if t1.empty:
         return tables
+    if glue is not None and not glue.empty:
+        t1 = pd.concat([t1.assign(method=t1["method"].astype(str)), glue], ignore_index=True)
     t1 = t1.assign(paper_benchmark=t1["benchmark"].map(PAPER_BENCHMARK).fillna(t1["benchmark"]))
     for pbench, part in t1.groupby("paper_benchmark", sort=False):
         frame = pd.DataFrame({"method": [METHOD_LABEL[m] for m in METHOD_ORDER]}).set_index("method")
@@ -123,6 +126,8 @@ def table1_layout(t1: pd.DataFrame, paper: pd.DataFrame) -> dict[str, pd.DataFra
         several = part[["benchmark", "metric"]].drop_duplicates().shape[0] > 1
         for (model, bench, metric), g in part.groupby(["model", "benchmark", "metric"], observed=True, sort=False):
             col = f"{model} · {bench.split('/')[-1]} · {metric} (ours)" if several else f"{model} (ours)"
+            if bench == "glue":  # the paper's GLUE number: the mean of the four tasks
+                col = f"{model} · GLUE mean (ours)"
             vals = {METHOD_LABEL[r["method"]]: fmt_interval(r["mean"], r["ci95"]) for _, r in g.iterrows()}
             frame[col] = [vals.get(m, "–") for m in frame.index]
         metrics = {PAPER_METRIC.get((pbench, m)) for m in part["metric"]} - {None}
@@ -378,3 +383,265 @@ def param_count(c: dict) -> int | None:
     mlp = 3 * h * inter
     emb = vocab * h * (1 if c.get("tie_word_embeddings") else 2)
     return emb + layers * (attn + mlp + 2 * h) + h
+
+
+# --- the paper audited against its own Table I -----------------------------------------------------
+
+# The paper prints one decimal, so a printed number stands for anything within half a unit of its
+# last digit; the epsilon absorbs binary floating point (0.1 is not exact).
+ROUNDING = 0.05 + 1e-9
+GLUE_TASKS = ("glue/mnli", "glue/qqp", "glue/sst2", "glue/qnli")
+CELL_KEYS = ["model", "benchmark", "metric", "method"]
+
+
+def paper_audit(paper: pd.DataFrame, tolerance: float = ROUNDING) -> pd.DataFrame:
+    """Per model, benchmark, metric and method of Table I: its three runs, its printed mean, the
+    mean of those runs, and whether the two differ by more than the printed rounding."""
+    if paper.empty:
+        return pd.DataFrame()
+    runs = paper[paper["run"].astype(str) != "mean"].copy()
+    runs["run"] = runs["run"].astype(int)
+    wide = runs.pivot_table(index=CELL_KEYS, columns="run", values="value", aggfunc="first", sort=False)
+    wide.columns = [f"run {c}" for c in wide.columns]
+    out = wide.reset_index().merge(paper_means(paper).rename(columns={"value": "printed"}), on=CELL_KEYS)
+    run_cols = [c for c in out.columns if c.startswith("run ")]
+    out["mean of runs"] = out[run_cols].mean(axis=1)
+    out["printed − mean"] = out["printed"] - out["mean of runs"]
+    out["disagrees"] = out["printed − mean"].abs() > tolerance
+    return out
+
+
+def glue_score(df: pd.DataFrame) -> pd.DataFrame:
+    """Our counterpart of the paper's GLUE number: the unweighted mean of the accuracies on the four
+    GLUE tasks it names, within one seed (the usual GLUE aggregate; the paper does not say how it
+    combines them), for each model and method that ran all four on a seed; mean and 95% interval
+    over those seeds."""
+    from .stats import mean_interval
+
+    long = scores_long(df[df["status"] == "ok"])
+    acc = long[long["benchmark"].isin(GLUE_TASKS) & (long["metric"] == "accuracy")]
+    rows = []
+    for (model, method), g in acc.groupby(["model", "method"], observed=True):
+        per_seed = g.groupby("seed")
+        # A seed counts only when every task ran on it: a mean over fewer tasks is another number.
+        scores = [x["value"].mean() for _, x in per_seed if set(x["benchmark"]) == set(GLUE_TASKS)]
+        if not scores:
+            continue
+        iv = mean_interval(scores)
+        rows.append({"model": model, "benchmark": "glue", "metric": "score", "method": method,
+                     "runs": ", ".join(f"{x:.1f}" for x in scores), "n": iv.n, "mean": iv.mean,
+                     "ci95": iv.half_width})
+    return pd.DataFrame(rows)
+
+
+def paper_claims() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The text's numeric claims about Table I, and its numbers for Fig. 1 and Fig. 2."""
+    read = lambda name: pd.read_csv(PAPER_DIR / name, dtype=str, keep_default_na=False)  # noqa: E731
+    return read("text-claims.csv"), read("resources-claims.csv")
+
+
+def _label(method: str) -> str:
+    return METHOD_LABEL.get(method, method)
+
+
+def _claim_text(c) -> str:
+    """The claim in the project's words, built from the structured columns."""
+    what = f"{c['benchmark']} {c['metric']}"
+    if c["kind"] == "value":
+        return f"{_label(c['method'])} scores {c['claimed']} {c['unit']} ({what})"
+    if c["kind"] == "difference":
+        return f"{_label(c['method'])} − {_label(c['versus'])} = {c['claimed']} {c['unit']} ({what})"
+    if c["kind"] == "at_least":
+        return f"{_label(c['method'])} − {_label(c['versus'])} ≥ {c['claimed']} {c['unit']} ({what})"
+    rivals = ", ".join(_label(m) for m in c["versus"].split(","))
+    return f"{_label(c['method'])} ≥ each of {rivals}, on every model ({what})"
+
+
+def _cells(paper: pd.DataFrame, c) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table I's printed means and runs' means for the claim's benchmark and metric, one row per
+    model, one column per method."""
+    audit = paper_audit(paper)
+    part = audit[(audit["benchmark"] == c["benchmark"]) & (audit["metric"] == c["metric"])]
+    return (part.pivot(index="model", columns="method", values="printed"),
+            part.pivot(index="model", columns="method", values="mean of runs"))
+
+
+def _check_value(c, printed, runs) -> tuple[bool, str, float]:
+    value = printed.loc[c["model"], c["method"]]
+    return abs(value - float(c["claimed"])) <= ROUNDING, f"Table I prints {value:.1f}", value
+
+
+def _check_difference(c, printed, runs) -> tuple[bool, str, float]:
+    """A stated difference agrees when it is the difference of the printed means, or that of the
+    runs' means rounded to one decimal (the text may have used either)."""
+    claimed = float(c["claimed"])
+    if c["model"] in printed.index:
+        p = printed.loc[c["model"], c["method"]] - printed.loc[c["model"], c["versus"]]
+        r = runs.loc[c["model"], c["method"]] - runs.loc[c["model"], c["versus"]]
+        ok = min(abs(p - claimed), abs(r - claimed)) <= ROUNDING
+        return ok, (f"printed means {printed.loc[c['model'], c['method']]:.1f} − "
+                    f"{printed.loc[c['model'], c['versus']]:.1f} = {p:+.1f}; runs' means give {r:+.2f}"), p
+    # A claim about the average over models: Table I's per-model differences and their mean.
+    d = (printed[c["method"]] - printed[c["versus"]]).dropna()
+    ok = abs(d.mean() - claimed) <= ROUNDING
+    return ok, (f"mean over {len(d)} models {d.mean():+.2f}; largest {d.max():+.1f} ({d.idxmax()}); "
+                f"per model {', '.join(f'{m} {v:+.1f}' for m, v in d.items())}"), d.mean()
+
+
+def _check_at_least(c, printed, runs) -> tuple[bool, str, float]:
+    a, b = printed.loc[c["model"], c["method"]], printed.loc[c["model"], c["versus"]]
+    text = f"{_label(c['method'])} {a:.1f}, {_label(c['versus'])} {b:.1f}: {a - b:+.1f}"
+    return a - b >= float(c["claimed"]) - ROUNDING, text, a - b
+
+
+def _check_best(c, printed, runs) -> tuple[bool, str, float]:
+    """Best on every model: the method's printed mean is at least each rival's."""
+    rivals = c["versus"].split(",")
+    misses = []
+    for model, row in printed.iterrows():
+        top = row[rivals].idxmax()
+        if row[top] > row[c["method"]]:
+            misses.append(f"{model}: {_label(top)} {row[top]:.1f} > {_label(c['method'])} {row[c['method']]:.1f}")
+    text = "; ".join(misses) if misses else f"highest on all {len(printed)} models"
+    return not misses, text, float(len(misses))
+
+
+CHECKS = {"value": _check_value, "difference": _check_difference, "at_least": _check_at_least,
+          "best": _check_best}
+
+
+def check_text_claims(claims: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Each text claim against the paper's own Table I: supported or contradicted, with the
+    numbers used (`table value`: the printed value, difference, mean difference or number of
+    models where a `best` claim fails)."""
+    rows = []
+    for _, c in claims.iterrows():
+        printed, runs = _cells(paper, c)
+        ok, numbers, value = CHECKS[c["kind"]](c, printed, runs)
+        rows.append({"id": c["id"], "section": c["section"], "model": c["model"], "claim": _claim_text(c),
+                     "status": "supported" if ok else "contradicted", "Table I": numbers,
+                     "claimed": c["claimed"], "table value": value})
+    return pd.DataFrame(rows)
+
+
+NOT_CHECKABLE = "not checkable from Table I"
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def paper_model_params(name: str) -> int | None:
+    """Parameters of a model as the paper prints its name, from data/paper/models.yaml (whose
+    names may carry a suffix such as -Instruct)."""
+    import yaml
+
+    spec = yaml.safe_load((PAPER_DIR / "models.yaml").read_text())
+    for entry in spec.get("models", []):
+        if _norm(entry.get("name", "")).startswith(_norm(name)):
+            return param_count(entry)
+    return None
+
+
+def _ratio_by_model(f1: pd.DataFrame, column: str) -> dict[str, float]:
+    """Full fine-tuning's value over the hybrid's, per model where both ran."""
+    if f1 is None or f1.empty:
+        return {}
+    wide = f1.pivot_table(index="model", columns="method", values=column, observed=True)
+    if not {"full", "hybrid"} <= set(wide.columns):
+        return {}
+    ratio = (wide["full"] / wide["hybrid"]).dropna()
+    return {m: float(v) for m, v in ratio.items()}
+
+
+def _paper_ratio(rclaims: pd.DataFrame, quantity: str) -> dict[str, float]:
+    """The text's own full / hybrid ratio of a quantity, per model where it gives both."""
+    part = rclaims[rclaims["quantity"] == quantity]
+    by = {(r["model"], r["method"]): float(r["value"]) for _, r in part.iterrows()}
+    return {m: by[(m, "full")] / by[(m, "hybrid")] for m, meth in by if meth == "hybrid" and (m, "full") in by}
+
+
+def _ours_epochs(ep: pd.DataFrame, methods: str, column: str, last_only: bool) -> str:
+    """Our runs' mean of `column` at the first and last epoch (or the last only), per model."""
+    if ep is None or ep.empty:
+        return ""
+    out = []
+    for method in methods.split(","):
+        part = ep[ep["method"].astype(str) == method]
+        for model, g in part.groupby("model"):
+            by = pd.to_numeric(g.set_index("epoch")[column], errors="coerce").groupby(level=0).mean().dropna()
+            if by.empty:  # a run that records no such value says nothing about the curve
+                continue
+            first, last = by.index[0], by.index[-1]
+            span = (f"epoch {last} {by.iloc[-1]:.3g}" if last_only
+                    else f"epoch {first}–{last} {by.iloc[0]:.3g} → {by.iloc[-1]:.3g}")
+            out.append(f"{_label(method)} · {model}: {span}")
+    return "; ".join(out)
+
+
+def _memory_vs_size(c, rclaims, f1, ep) -> tuple[str, str, str]:
+    """A memory figure below what the frozen weights need even at 4 bits (0.5 byte per
+    parameter, no quantisation scales) is impossible whatever else it leaves out."""
+    n = paper_model_params(c["model"])
+    need = 0.5 * n / 1e9
+    status = "contradicted" if float(c["value"]) < need else NOT_CHECKABLE
+    return (status, f"model size: {n / 1e9:.1f} B parameters, so 4-bit weights alone take {need:.1f} GB "
+            f"(bf16 {4 * need:.1f} GB)", "")
+
+
+def _speedup(c, rclaims, f1, ep) -> tuple[str, str, str]:
+    paper = _paper_ratio(rclaims, "time per epoch")
+    ours = _ratio_by_model(f1, "seconds_per_epoch")
+    return (NOT_CHECKABLE, "; ".join(f"the text's own {m} times per epoch: {v:.2f}x" for m, v in paper.items()),
+            "; ".join(f"{m}: full / hybrid time per epoch {v:.2f}x" for m, v in ours.items()))
+
+
+def _memory_reduction(c, rclaims, f1, ep) -> tuple[str, str, str]:
+    paper = _paper_ratio(rclaims, "GPU memory")
+    ours = _ratio_by_model(f1, "peak_memory_gib")
+    return (NOT_CHECKABLE, "; ".join(f"the text's own {m} memory: {100 * (1 - 1 / v):.1f}% less"
+                                     for m, v in paper.items()),
+            "; ".join(f"{m}: hybrid peak memory {_below(100 * (1 - 1 / v))} full" for m, v in ours.items()))
+
+
+def _below(percent: float) -> str:
+    """'12.0% below', or '4.5% above' where the hybrid needs more (a negative reduction)."""
+    return f"{abs(percent):.1f}% {'below' if percent >= 0 else 'above'}"
+
+
+def _curve(column: str, last_only: bool):
+    return lambda c, rclaims, f1, ep: (NOT_CHECKABLE, "", _ours_epochs(ep, c["method"], column, last_only))
+
+
+# Quantity (its start) -> (status, the paper-side numbers, ours); the first match applies.
+RESOURCE_CHECKS = {"GPU memory": _memory_vs_size, "training time speed-up": _speedup,
+                   "memory reduction": _memory_reduction, "gradient norm": _curve("grad_norm", False),
+                   "validation loss": _curve("val_loss", True)}
+
+
+def _check_resource(c, rclaims: pd.DataFrame, f1: pd.DataFrame, ep: pd.DataFrame) -> tuple[str, str, str]:
+    """(status, the paper-side numbers, ours) for one Fig. 1 or Fig. 2 claim."""
+    check = next((f for q, f in RESOURCE_CHECKS.items() if c["quantity"].startswith(q)), None)
+    return check(c, rclaims, f1, ep) if check else (NOT_CHECKABLE, "", "")
+
+
+# Units in resources-claims.csv that qualify the value rather than measure it.
+QUALIFIERS = {"above": "above {}", "about": "about {}", "range": "{}"}
+
+
+def _amount(value: str, unit: str) -> str:
+    return QUALIFIERS[unit].format(value) if unit in QUALIFIERS else f"{value} {unit}"
+
+
+def check_resource_claims(rclaims: pd.DataFrame, f1: pd.DataFrame | None = None,
+                          ep: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each Fig. 1 / Fig. 2 number of the text: Table I cannot check it; the model's size can
+    refute a memory figure; our runs (`fig1_frame`, `epochs_long`) give the comparable ratio or curve."""
+    rows = []
+    for _, c in rclaims.iterrows():
+        status, paper, ours = _check_resource(c, rclaims, f1, ep)
+        rows.append({"id": c["id"], "section": c["section"], "figure": c["figure"], "model": c["model"],
+                     "claim": f"{', '.join(_label(m) for m in c['method'].split(','))}: {c['quantity']} "
+                              f"{_amount(c['value'], c['unit'])}".strip(),
+                     "status": status, "check": paper, "ours": ours})
+    return pd.DataFrame(rows)
