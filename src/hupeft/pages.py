@@ -209,11 +209,14 @@ def show_paired(pc: pd.DataFrame, what: str = "score") -> None:
     if pc.empty:
         _md("No hybrid run with a baseline on the same seeds in this preset.")
         return
+    metrics = sorted(set(pc["metric"]))
+    label = (lambda m, b, x: f"{m} · {b} · {x}") if len(metrics) > 1 else (lambda m, b, x: f"{m} · {b}")
     shown = pd.DataFrame({
-        "model · benchmark · metric": [f"{m} · {b} · {x}" for m, b, x in pc[["model", "benchmark", "metric"]].values],
+        "model · benchmark" + (" · metric" if len(metrics) > 1 else f" ({metrics[0]})"):
+            [label(m, b, x) for m, b, x in pc[["model", "benchmark", "metric"]].values],
         "comparison": pc["comparison"], "seeds": pc["seeds"],
         "difference (95% interval)": [report.fmt_interval(d, h, 2) for d, h in zip(pc["difference"], pc["ci95"])],
-        "interval excludes 0": pc["resolved"]})
+        "resolved (excludes 0)": pc["resolved"]})
     _html(shown)
     res, unres = pc[pc["resolved"]], pc[~pc["resolved"]]
     better = "lower" if what == "val_loss" else "higher"
