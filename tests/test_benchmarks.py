@@ -23,7 +23,7 @@ def offline(monkeypatch):
 
 def test_registry_contract():
     names = benchmarks.names()
-    for n in ("glue/sst2", "glue/mnli", "glue/qqp", "glue/qnli", "gsm8k", "mtbench", "humaneval", "xnli/sw",
+    for n in ("glue/sst2", "glue/mnli", "glue/qqp", "glue/qnli", "gsm8k", "gsm-symbolic", "mtbench", "humaneval", "xnli/sw",
               "flores/eng_Latn-deu_Latn"):
         assert n in names
     for n in names:
@@ -56,7 +56,8 @@ def test_no_source_names_what_was_tried(offline):
     with pytest.raises(BenchmarkError) as e:
         benchmarks.get("xnli/ur").load("test")
     msg = str(e.value)
-    assert "hub facebook/xnli (offline)" in msg and "xnli/ur/test.jsonl" in msg and "\n" not in msg
+    assert "hub facebook/xnli (ConnectionError: Couldn't reach" in msg and "xnli/ur/test.jsonl" in msg
+    assert "no offline data" in msg and "\n" not in msg
 
 
 def test_local_folder_with_other_splits_refuses_generated_data(offline, tmp_path):
@@ -93,10 +94,10 @@ def test_offline_sources_are_labelled_and_deterministic(offline):
     assert {e["label"] for e in a.examples} == {0, 1}
     assert sst2.load("train").examples[:5] != sst2.load("validation").examples[:5]
 
-    gsm = benchmarks.get("gsm8k")
+    gsm = benchmarks.get("gsm-symbolic")
     test, train = gsm.load("test"), gsm.load("train", n=20, seed=0)
-    assert test.source == "offline:reasoning-gym/gsm_symbolic" and "stand-in" in test.description
-    assert test.synthetic and test.stand_in == "GSM-Symbolic"  # generated: never reported as GSM8K
+    assert test.source == "offline:reasoning-gym/gsm_symbolic" and "standing in for GSM8K" in test.description
+    assert test.synthetic and test.stands_in_for == "GSM8K"  # generated: never reported as GSM8K
     assert all("#### " in e["answer"] and e["question"] for e in test.examples)
     assert {e["question"] for e in train.examples}.isdisjoint({e["question"] for e in test.examples})
     assert gsm.load("test", n=5, seed=1).examples == gsm.load("test", n=5, seed=1).examples
@@ -180,7 +181,7 @@ def test_evaluate_classification_seqcls(offline):
 
 
 def test_evaluate_generation(offline, tiny_llama):
-    gsm = benchmarks.get("gsm8k")
+    gsm = benchmarks.get("gsm-symbolic")
     _check(gsm, gsm.evaluate(tiny_llama.model, tiny_llama.tokenizer, gsm.load("test", n=3).examples,
                              max_new_tokens=8, progress=False))
     mt = benchmarks.get("mtbench")
@@ -388,7 +389,7 @@ def test_gsm8k_prompt_is_lm_evals_5_shot():
 def test_gsm8k_evaluate_keeps_generations_and_signatures(offline, monkeypatch):
     import hupeft.generation
 
-    b = benchmarks.get("gsm8k")
+    b = benchmarks.get("gsm-symbolic")  # prompted and scored as gsm8k; its data ships offline
     ex = b.load("test", n=3, seed=0).examples
     golds = [e["answer"].rsplit("#### ", 1)[1] for e in ex]
     seen = {}
@@ -445,10 +446,14 @@ def test_generation_run_keeps_generations_and_metric_signatures(offline, tmp_pat
 
 
 def test_gsm_symbolic_stands_in_under_its_own_name(offline):
-    """The run's data (what its record keeps under config.data) says GSM-Symbolic, never GSM8K."""
+    """The run's data (what its record keeps under config.data) says it stands in for GSM8K, and
+    gsm8k itself never turns into GSM-Symbolic: with no GSM8K source it fails, pointing at gsm-symbolic."""
     from hupeft import data
     from hupeft.config import RunConfig
 
-    splits = data.load_splits(benchmarks.get("gsm8k"), RunConfig(model="tiny-llama", method="lora",
-                                                                benchmark="gsm8k", n_train=4, n_eval=2))
-    assert splits.synthetic and splits.stand_in == "GSM-Symbolic" and "not GSM8K" in splits.description
+    splits = data.load_splits(benchmarks.get("gsm-symbolic"), RunConfig(
+        model="tiny-llama", method="lora", benchmark="gsm-symbolic", n_train=4, n_eval=2))
+    assert splits.synthetic and splits.stands_in_for == "GSM8K" and "not GSM8K" in splits.description
+    assert splits.provenance("any")["used"] == "synthetic"
+    with pytest.raises(BenchmarkError, match="no source has split 'test'.*gsm-symbolic .* runs offline"):
+        data.load_splits(benchmarks.get("gsm8k"), RunConfig(model="tiny-llama", benchmark="gsm8k", data="any"))

@@ -58,6 +58,10 @@ class RunConfig:
     """Sampling temperature of the n_samples for pass@10 (None: the benchmark's default)."""
     data_dir: str | None = None
     """Local data folder tried first (<benchmark>/<split>.jsonl); also HUPEFT_DATA_DIR."""
+    data: str = "any"
+    """Which data may serve the run: real (a data folder, the hub or its datasets cache, shipped real
+    data; an error naming every source tried when none has it), synthetic (generated data only) or
+    any (real where a source has it, else generated; the record says which it used and why)."""
     mixed_precision: str = "auto"
     """auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16."""
     quantization: str | None = None
@@ -336,7 +340,10 @@ def _check_data(cfg: RunConfig, bench, task: str) -> None:
     a data folder that cannot serve the benchmark, a max_len without room for every training and
     validation target and its prompt's end, a generation budget that leaves no room for the prompt."""
     from hupeft import data, models
+    from hupeft.benchmarks import DATA_CHOICES
 
+    if cfg.data not in DATA_CHOICES:
+        raise ConfigError(f"data={cfg.data!r}: use one of {', '.join(DATA_CHOICES)}, e.g. --set data=real")
     try:
         bench.check_local([s for s in bench.splits.values() if s], cfg.data_dir)
         splits = data.load_splits(bench, cfg)

@@ -10,7 +10,7 @@ prompt's end is refused with the max_len that fits; and every cut is counted for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,23 +25,60 @@ class Splits:
     sources: dict[str, str]
     synthetic: bool
     description: str
-    stand_in: str | None = None  # what the data is when another data set stands in for the benchmark
+    stands_in_for: str | None = None  # the benchmark this data takes the place of (gsm-symbolic: GSM8K)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # part -> content hash of its whole split
+    tried: dict[str, list[str]] = field(default_factory=dict)  # part -> sources that failed before
+
+    def provenance(self, requested: str) -> dict:
+        """What a record keeps about its data: asked for, used, from where, with which content."""
+        return {"requested": requested, "used": "synthetic" if self.synthetic else "real",
+                "sources": self.sources, "fingerprints": self.fingerprints,
+                "tried": {k: v for k, v in self.tried.items() if v}, "synthetic": self.synthetic,
+                "stands_in_for": self.stands_in_for, "description": self.description,
+                "n_train": len(self.train), "n_val": len(self.val), "n_eval": len(self.eval)}
+
+
+def stratified(rows: list[dict], n: int, label) -> list[dict]:
+    """n of `rows` spread over their labels as evenly as n allows (sizes differ by at most one; the
+    smaller labels, in label order, get the extra ones), each label's rows taken in the given order."""
+    by_label: dict = {}
+    for r in rows:
+        by_label.setdefault(label(r), []).append(r)
+    out, i = [], 0
+    while len(out) < n and any(i < len(v) for v in by_label.values()):
+        for key in sorted(by_label):
+            if i < len(by_label[key]) and len(out) < n:
+                out.append(by_label[key][i])
+        i += 1
+    return out
 
 
 def load_splits(bench, cfg) -> Splits:
-    """Train, validation-loss and eval examples, disjoint, from the benchmark's sources.
+    """Train, validation-loss and eval examples, disjoint, from the sources `cfg.data` allows.
 
-    Benchmarks without a train split (HumanEval) are split by seed into disjoint train / eval
-    parts, and the record says so."""
-    eval_split = bench.load(split=bench.splits["eval"], seed=cfg.seed, data_dir=cfg.data_dir)
-    sources = {"eval": eval_split.source}
+    Where the benchmark names a train split, training and validation examples come from it (for
+    XNLI, its validation split, `bench.stratify`: balanced over labels), and the whole eval split
+    is scored unless n_eval says fewer. Benchmarks without one (HumanEval, mtbench) are split by
+    seed into disjoint train / eval parts, and the record says so."""
+    requested = getattr(cfg, "data", "any")
+    load = lambda split: bench.load(split=split, seed=cfg.seed, data_dir=cfg.data_dir, data=requested)  # noqa: E731
+    eval_split = load(bench.splits["eval"])
+    sources, prints = {"eval": eval_split.source}, {"eval": eval_split.fingerprint}
+    tried = {"eval": list(eval_split.tried)}
     pool = list(eval_split.examples)
     g = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(pool), generator=g).tolist()
     pool = [pool[i] for i in order]
+    synthetic = bool(eval_split.synthetic)
     if bench.splits.get("train"):
-        train_split = bench.load(split=bench.splits["train"], seed=cfg.seed, data_dir=cfg.data_dir)
-        sources["train"] = train_split.source
+        train_split = load(bench.splits["train"])
+        sources["train"], prints["train"] = train_split.source, train_split.fingerprint
+        tried["train"] = list(train_split.tried)
+        if bool(train_split.synthetic) != synthetic:  # never real scores from generated training data, or back
+            kinds = {True: "generated", False: "real"}
+            raise ValueError(f"{bench.name}: the {bench.splits['eval']} split is {kinds[synthetic]} "
+                             f"({eval_split.source}) but the {bench.splits['train']} split is "
+                             f"{kinds[bool(train_split.synthetic)]} ({train_split.source}); provide both from one source")
         train_pool = list(train_split.examples)
         perm = torch.randperm(len(train_pool), generator=g).tolist()
         train_pool = [train_pool[i] for i in perm]
@@ -55,13 +92,19 @@ def load_splits(bench, cfg) -> Splits:
         val, train = rest[:n_val], rest[n_val:]
         sources["train"] = f"{eval_split.source} (disjoint part of the eval split)"
     if cfg.n_train is not None:
-        train = train[: cfg.n_train]
+        train = (stratified(train, cfg.n_train, bench.label) if getattr(bench, "stratify", False)
+                 else train[: cfg.n_train])
     if cfg.n_eval is not None:
         evals = evals[: cfg.n_eval]
     if not train:
         raise ValueError(f"{bench.name}: no training examples left; raise n_train or provide a train split")
-    return Splits(train, val, evals, sources, bool(eval_split.synthetic), eval_split.description,
-                  eval_split.stand_in)
+    if requested == "any" and synthetic and any(tried.values()):
+        import logging
+
+        logging.getLogger("hupeft").warning("%s: no real data (%s); using generated data, as data=any allows",
+                                            bench.name, "; ".join(dict.fromkeys(t for v in tried.values() for t in v)))
+    return Splits(train, val, evals, sources, synthetic, eval_split.description, eval_split.stands_in_for,
+                  prints, tried)
 
 
 # --- token budgets: truncation is never silent ------------------------------------------------

@@ -53,6 +53,7 @@ def run(config: RunConfig | dict, out_dir: str | os.PathLike | None = None, *, r
     record = RunRecord(schema_version=SCHEMA_VERSION, status="ok", error=None, config=cfg.to_dict(),
                        params={}, epochs=[], scores={}, metric_signatures={}, hybrid_lambda=None, steps=[],
                        environment=environment(), started_at=time.time(), finished_at=None)
+    record["config"]["data"] = {"requested": cfg.data}  # the data setting; what served it is added on loading
     try:
         _train_and_score(cfg, record, out, resume, progress)
     except Diverged as e:
@@ -87,9 +88,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     _seed_everything(cfg.seed)
     bench = benchmarks.get(cfg.benchmark)
     splits = data.load_splits(bench, cfg)
-    record["config"]["data"] = {"sources": splits.sources, "synthetic": splits.synthetic,
-                                "stand_in": splits.stand_in, "description": splits.description,
-                                "n_train": len(splits.train), "n_val": len(splits.val), "n_eval": len(splits.eval)}
+    record["config"]["data"] = splits.provenance(cfg.data)  # asked for, used, sources and their hashes
     cuda = torch.cuda.is_available()
     precision = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
     accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)

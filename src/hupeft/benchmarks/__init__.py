@@ -7,26 +7,27 @@
     scores = b.evaluate(model, tokenizer, data.examples)   # keys: b.metrics
 
 Names: glue/sst2, glue/mnli, glue/qqp, glue/qnli, gsm8k (5-shot; gsm8k/chat: zero-shot in the chat
-template), mtbench (translation; see translation.py for why the name), humaneval, xnli/<lang>,
+template), gsm-symbolic (generated GSM8K-style problems scored as GSM8K: a stand-in, not GSM8K),
+mtbench (translation; see translation.py for why the name), humaneval, xnli/<lang>,
 flores/<src>-<tgt> (FLORES codes).
 """
 
 from __future__ import annotations
 
-from .base import DATA_ENV, Benchmark, BenchmarkError, Scores, Split, few_shot
+from .base import DATA_CHOICES, DATA_ENV, Benchmark, BenchmarkError, Scores, Split, few_shot
 from .glue import GLUE
-from .gsm8k import GSM8K
+from .gsm8k import GSM8K, GSMSymbolic
 from .humaneval import HumanEval
 from .translation import LISTED, Flores, MTBench
 from .xnli import LANGUAGES as XNLI_LANGUAGES
 from .xnli import XNLI
 
-__all__ = ["Benchmark", "BenchmarkError", "DATA_ENV", "Scores", "Split", "few_shot", "get", "names"]
+__all__ = ["Benchmark", "BenchmarkError", "DATA_CHOICES", "DATA_ENV", "Scores", "Split", "few_shot", "get", "names"]
 
 
 def names() -> list[str]:
     """Every listed benchmark; get() also accepts any FLORES pair of known codes."""
-    fixed = list(GLUE) + ["gsm8k", "mtbench", "humaneval"]
+    fixed = list(GLUE) + ["gsm8k", "gsm-symbolic", "mtbench", "humaneval"]
     xnli = [f"xnli/{lang}" for lang in XNLI_LANGUAGES]
     flores = [f"flores/eng_Latn-{c}" for c in LISTED] + [f"flores/{c}-eng_Latn" for c in LISTED]
     return fixed + xnli + flores
@@ -39,6 +40,8 @@ def get(name: str) -> Benchmark:
         return GSM8K()
     if name == "gsm8k/chat":
         return GSM8K("chat")
+    if name == "gsm-symbolic":
+        return GSMSymbolic()
     if name == "mtbench":
         return MTBench()
     if name == "humaneval":
@@ -51,6 +54,6 @@ def get(name: str) -> Benchmark:
         if not sep:
             raise BenchmarkError(f"bad FLORES name {name!r}; write flores/<src>-<tgt>, e.g. flores/eng_Latn-deu_Latn")
         return Flores(src, tgt)
-    fixed = list(GLUE) + ["gsm8k", "mtbench", "humaneval"]
+    fixed = list(GLUE) + ["gsm8k", "gsm-symbolic", "mtbench", "humaneval"]
     raise BenchmarkError(f"unknown benchmark {name!r}; use one of {', '.join(fixed)}, gsm8k/chat, "
                          "xnli/<lang> or flores/<src>-<tgt>")

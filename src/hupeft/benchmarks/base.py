@@ -2,8 +2,13 @@
 
 A split is looked for in this order, and the first source that has it wins:
   1. a local folder: `<data_dir or $HUPEFT_DATA_DIR>/<folder>/<split>.jsonl` (hub field names);
-  2. the Hugging Face hub (skipped at once when offline, so nothing waits on a timeout);
+  2. the Hugging Face hub through `datasets.load_dataset`, which alone decides how to reach it:
+     with HF_DATASETS_OFFLINE=1 (or HF_HUB_OFFLINE=1) it reads its own cache, and a proxy or
+     HF_ENDPOINT is honoured as datasets honours it;
   3. data that ships offline (real HumanEval; generated stand-ins, labelled as such).
+Which of them may serve a run is its `data` setting (DATA_CHOICES): `real` takes only real data
+and fails, naming every source tried, when none has it; `synthetic` takes only generated data;
+`any` prefers real data and falls back to generated data, keeping what it tried and why it failed.
 A given local folder is never silently passed over: one that does not exist, or holds none of
 the benchmark's splits, is an error. A real split is never silently paired with generated data:
 when the local folder holds some splits of a benchmark but not the one asked for, and the hub
@@ -12,15 +17,15 @@ cannot supply it, loading fails and says which splits the folder has.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import os
 import random
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 DATA_ENV = "HUPEFT_DATA_DIR"
+DATA_CHOICES = ("real", "synthetic", "any")
 
 
 class BenchmarkError(ValueError):
@@ -33,7 +38,9 @@ class Split:
     source: str  # "local:<path>", "hub:<id>" or "offline:<what>"
     synthetic: bool
     description: str
-    stand_in: str | None = None  # what the data really is when it stands in for the benchmark
+    stands_in_for: str | None = None  # the benchmark this data takes the place of (GSM-Symbolic: GSM8K)
+    fingerprint: str = ""  # "sha256:<16 hex>" of the whole split's rows, whatever their source
+    tried: tuple[str, ...] = ()  # sources that could not serve the split before this one did
 
 
 class Scores(dict):
@@ -59,7 +66,7 @@ class Offline:
     what: str  # goes into the source: "offline:<what>"
     synthetic: bool
     description: str
-    stand_in: str | None = None  # e.g. "GSM-Symbolic": a different data set in the benchmark's place
+    stands_in_for: str | None = None  # e.g. "GSM8K": the benchmark this data takes the place of
 
 
 def few_shot(examples: list[dict], k: int, seed: int) -> list[dict]:
@@ -83,25 +90,32 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def hub_offline_flag() -> bool:
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() not in ("", "0", "false", "no", "off"):
-            return True
-    return False
+def fingerprint(rows: list[dict]) -> str:
+    """A content hash of a split: the same rows in the same order give the same value, from any source."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+        h.update(b"\n")
+    return "sha256:" + h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=1)
-def _can_reach_hub() -> bool:
+_HUB_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT", "HF_HOME", "HF_DATASETS_CACHE",
+            "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+_hub_failures: dict[tuple, str] = {}
+
+
+def hub_rows(bench: "Benchmark", split: str) -> list[dict]:
+    """The split from the hub through `datasets`; a failure is remembered for this process and these
+    HF settings, so that a run that loads a split twice (checking, then training) waits once for it."""
+    key = (type(bench).__name__, bench.hub_id, bench.hub_config, getattr(bench, "src", None),
+           getattr(bench, "tgt", None), split, tuple(os.environ.get(v) for v in _HUB_ENV))
+    if key in _hub_failures:
+        raise ConnectionError(_hub_failures[key])
     try:
-        with socket.create_connection(("huggingface.co", 443), timeout=2.0):
-            return True
-    except OSError:
-        return False
-
-
-def hub_reachable() -> bool:
-    """False at once when an offline variable is set; otherwise one 2-second connect, cached."""
-    return not hub_offline_flag() and _can_reach_hub()
+        return bench.from_hub(split)
+    except Exception as e:  # gated, renamed, not cached offline, or a network error
+        _hub_failures[key] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+        raise ConnectionError(_hub_failures[key]) from e
 
 
 class Benchmark:
@@ -118,6 +132,7 @@ class Benchmark:
     splits: dict[str, str | None] = {}
     fields: str = ""  # one line, for the error that explains the local layout
     display: str = ""
+    stands_in_for: str | None = None  # the benchmark this one takes the place of, whatever the source
 
     @property
     def primary_metric(self) -> str:
@@ -146,7 +161,8 @@ class Benchmark:
 
     def check_local(self, splits: list[str], data_dir: str | os.PathLike | None = None) -> None:
         """Refuse a given data folder that cannot supply `splits` (no silent fallback to other data):
-        it does not exist, holds none of this benchmark's splits, or lacks one the hub cannot add."""
+        it does not exist or holds none of this benchmark's splits. One that lacks a split is
+        refused by load() once the hub has been tried for it."""
         folder, unset = self.local_folder(data_dir)
         if folder is None:
             return
@@ -154,50 +170,76 @@ class Benchmark:
             raise BenchmarkError(f"data folder {folder.parent} does not exist; create it with "
                                  f"{self.folder}/<split>.jsonl files, fix the path, or {unset}")
         present = sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
-        want = folder / f"{splits[0]}.jsonl"
         if not present:
             raise BenchmarkError(f"{self.name}: the data folder {folder.parent} has no {self.folder}/*.jsonl; "
-                                 f"add {want} with {self.fields}, or {unset} to use the hub or offline data")
-        missing = [s for s in splits if s not in present]
-        if missing and not hub_reachable():
-            raise BenchmarkError(
-                f"{self.name}: {folder} has splits {present} but not {missing[0]!r}, and the hub is unavailable; "
-                f"add {folder / (missing[0] + '.jsonl')}, go online, or {unset} to use the offline data")
+                                 f"add {folder / (splits[0] + '.jsonl')} with {self.fields}, or {unset} to use "
+                                 "the hub or offline data")
 
-    def load(self, split: str, n: int | None = None, seed: int = 0, data_dir: str | os.PathLike | None = None) -> Split:
+    def load(self, split: str, n: int | None = None, seed: int = 0, data_dir: str | os.PathLike | None = None,
+             data: str = "any") -> Split:
+        """`split` from the first source that has it and that `data` (real, synthetic, any) allows;
+        BenchmarkError naming every source tried when none does."""
         if split not in self.available_splits:
             raise BenchmarkError(f"{self.name} has no split {split!r}; its splits are {self.available_splits}")
-        self.check_local([split], data_dir)
-        tried = []
+        if data not in DATA_CHOICES:
+            raise BenchmarkError(f"data={data!r}; use one of {', '.join(DATA_CHOICES)}, e.g. --set data=real")
         folder, unset = self.local_folder(data_dir)
+        if data == "synthetic":
+            if folder is not None:
+                raise BenchmarkError(f"{self.name}: data=synthetic would pass over the data folder {folder.parent}; "
+                                     f"{unset}, or use data=real or data=any")
+            return self._offline_split(split, n, seed, data, [])
+        self.check_local([split], data_dir)
+        tried: list[str] = []
         present: list[str] = []
         if folder is not None:
             path = folder / f"{split}.jsonl"
             if path.is_file():
-                return Split(subsample(read_jsonl(path), n, seed), f"local:{path}", False,
-                             f"{self.display} {split} split from {path}")
+                rows = read_jsonl(path)
+                return Split(subsample(rows, n, seed), f"local:{path}", False,
+                             f"{self.display} {split} split from {path}", self.stands_in_for, fingerprint(rows))
             present = sorted(p.stem for p in folder.glob("*.jsonl"))
-            tried.append(f"local {path}")
-        if hub_reachable():
+            tried.append(f"local {path} (missing)")
+        if self.hub_id:
             try:
-                rows = self.from_hub(split)
-                return Split(subsample(rows, n, seed), f"hub:{self.hub_id}", False,
-                             f"{self.display} {split} split from the Hugging Face hub ({self.hub_id})")
-            except Exception as e:  # gated, renamed or a network error: say so and go on
-                tried.append(f"hub {self.hub_id} ({(str(e).splitlines() or [type(e).__name__])[0][:80]})")
-        else:
-            tried.append(f"hub {self.hub_id} (offline)")
+                rows = hub_rows(self, split)
+                return Split(subsample(rows, n, seed), f"hub:{self.hub_id}" + (f":{self.hub_config}" if
+                             self.hub_config else ""), False,
+                             f"{self.display} {split} split from the Hugging Face hub ({self.hub_id})",
+                             self.stands_in_for, fingerprint(rows), tuple(tried))
+            except ConnectionError as e:
+                tried.append(f"hub {self.hub_id} ({e})")
         if present:
             raise BenchmarkError(
-                f"{self.name}: {folder} has splits {present} but not {split!r}, and the hub is unavailable; "
-                f"add {folder / (split + '.jsonl')}, go online, or {unset} to use the offline data")
+                f"{self.name}: {folder} has splits {present} but not {split!r}, and the hub could not supply it "
+                f"({tried[-1]}); add {folder / (split + '.jsonl')}, go online, or {unset}")
+        return self._offline_split(split, n, seed, data, tried)
+
+    def _offline_split(self, split: str, n: int | None, seed: int, data: str, tried: list[str]) -> Split:
+        """The split from the data that ships offline, if `data` allows its kind; else BenchmarkError."""
         off = self.offline(split)
-        if off is None:
-            raise BenchmarkError(
-                f"{self.name}: no source has split {split!r} (tried {'; '.join(tried)}; no offline data); "
-                f"put it in <{DATA_ENV}>/{self.folder}/{split}.jsonl with {self.fields}, or go online")
-        return Split(subsample(off.rows, n, seed), f"offline:{off.what}", off.synthetic, off.description,
-                     off.stand_in)
+        if off is not None and data == "real" and off.synthetic:
+            tried.append(f"offline {off.what} (generated, not real data)")
+        elif off is not None and data == "synthetic" and not off.synthetic:
+            raise BenchmarkError(f"{self.name}: its only offline data ({off.what}) is real, not generated; "
+                                 "use data=real or data=any")
+        elif off is not None:
+            return Split(subsample(off.rows, n, seed), f"offline:{off.what}", off.synthetic, off.description,
+                         off.stands_in_for or self.stands_in_for, fingerprint(off.rows), tuple(tried))
+        elif data == "synthetic":
+            raise BenchmarkError(f"{self.name} has no generated data; use data=real or data=any with a data "
+                                 f"folder or the hub{self.elsewhere}")
+        fixes = [f"put it in <{DATA_ENV}>/{self.folder}/{split}.jsonl with {self.fields}"]
+        if self.hub_id:
+            fixes.append("go online (or cache it with datasets)")
+        if data == "real" and off is not None:
+            fixes.append("--set data=any to accept generated data")
+        kind = "real " if data == "real" else ""
+        raise BenchmarkError(f"{self.name}: no {kind}source has split {split!r} (tried {'; '.join(tried) or 'nothing'}"
+                             f"{'' if off is not None else '; no offline data'}); " + ", ".join(fixes[:-1])
+                             + (" or " if len(fixes) > 1 else "") + fixes[-1] + self.elsewhere)
+
+    elsewhere = ""  # a pointer to another benchmark that can run where this one has no data
 
     def from_hub(self, split: str) -> list[dict]:
         from datasets import load_dataset

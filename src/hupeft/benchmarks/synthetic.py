@@ -209,6 +209,16 @@ def nli(lang: str, split: str, size: int | None = None) -> tuple:
     return _collect(lambda rng: _nli_row(rng, lang), f"nli/{lang}", split, size or _size(split), 3)
 
 
+@functools.lru_cache(maxsize=None)
+def nli_split(lang: str, split: str, size: int) -> tuple:
+    """XNLI-style splits: "test" as nli() makes it, and the others without any of test's pairs,
+    so that few-shot training examples never reappear among the scored ones."""
+    if split == "test":
+        return nli(lang, "test", size)
+    test = frozenset(_text(r) for r in nli(lang, "test", size))
+    return _collect(lambda rng: _nli_row(rng, lang), f"nli/{lang}", split, size, 3, test)
+
+
 # --- QQP ----------------------------------------------------------------------------------
 
 TOPICS = ["python", "guitar", "spanish", "chess", "cooking", "photography", "swimming", "statistics", "drawing",

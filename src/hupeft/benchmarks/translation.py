@@ -7,8 +7,10 @@ English -> German on WMT14 newstest2014 (FLORES-style parallel data), scored by 
 and ROUGE-L (all 0-100; BLEU with sacrebleu's tokenizer for the target language, ROUGE-L with
 tokens of any script; see hupeft.benchmarks.scoring).
 
-Neither has a training split of a useful size for few-shot tuning, so `splits["train"]` is
-None and the engine trains on a seeded, disjoint part of the evaluation split.
+FLORES trains on its `dev` split and is scored on `devtest` (the paper's few-shot setting: a
+few training sentences per language, never drawn from the split scored). WMT14's training
+split is not a few-shot set, so "mtbench" trains on a seeded part of newstest2014 disjoint from
+the part it scores.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class Flores(Translation):
     folder = "flores"
     hub_id = "openlanguagedata/flores_plus"
     hub_splits = {"dev": "dev", "devtest": "devtest"}
-    splits = {"train": None, "eval": "devtest"}
+    splits = {"train": "dev", "eval": "devtest"}
 
     def __init__(self, src: str, tgt: str):
         for code in (src, tgt):
@@ -107,8 +109,8 @@ class Flores(Translation):
     def target_text(self, example):
         return example[self.tgt]
 
-    def load(self, split, n=None, seed=0, data_dir=None):
-        data = super().load(split, n=n, seed=seed, data_dir=data_dir)
+    def load(self, split, n=None, seed=0, data_dir=None, data="any"):
+        data = super().load(split, n=n, seed=seed, data_dir=data_dir, data=data)
         missing = [c for c in (self.src, self.tgt) if data.examples and c not in data.examples[0]]
         if missing:
             have = [k for k in data.examples[0] if k in LANGUAGES]

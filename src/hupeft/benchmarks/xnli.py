@@ -1,9 +1,9 @@
 """XNLI: MNLI-style premise/hypothesis pairs in 15 languages (scored like GLUE MNLI).
 
-The paper trains on a few examples per language (k = 32). XNLI has no train split of its
-own beyond machine-translated MNLI, so `splits["train"]` is None: the engine draws the
-training examples from a seeded, disjoint part of the test split (hupeft.data.load_splits),
-which also works with a local folder that holds only `test.jsonl`.
+The paper trains on a few examples per language (k = 32). XNLI's train split is machine-
+translated MNLI, so the few-shot examples come from its human-translated `validation` split,
+as many of each label as k allows (`stratify`: 11/11/10 for k = 32, hupeft.data.stratified), and
+the model is scored on the `test` split, which no training example comes from.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ class XNLI(ClassificationBenchmark):
     fields = 'rows {"premise": str, "hypothesis": str, "label": 0|1|2 (entailment, neutral, contradiction)}'
     hub_id = "facebook/xnli"
     hub_splits = {"train": "train", "validation": "validation", "test": "test"}
-    splits = {"train": None, "eval": "test"}
+    splits = {"train": "validation", "eval": "test"}
+    stratify = True  # training examples balanced over the labels
 
     def __init__(self, lang: str):
         if lang not in LANGUAGES:
@@ -36,7 +37,7 @@ class XNLI(ClassificationBenchmark):
     def offline(self, split):
         if self.lang not in synthetic.NLI_LANGS:
             return None
-        rows = [dict(r) for r in synthetic.nli(self.lang, split, OFFLINE_SIZE)]
+        rows = [dict(r) for r in synthetic.nli_split(self.lang, split, OFFLINE_SIZE)]
         return Offline(rows, f"synthetic-nli-{self.lang}", True,
                        f"synthetic XNLI-style pairs in {self.lang} ({len(rows)} generated from templates and "
                        f"word lists, fixed seed), not the real XNLI")
