@@ -128,6 +128,17 @@ def test_cached_hub_data_serves_a_real_run_offline_behind_an_unreachable_endpoin
     assert info["fingerprints"] == {"eval": fingerprint(val), "train": fingerprint(train)}
     assert info["n_eval"] == 10 and info["tried"] == {}  # the whole validation split, nothing failed first
 
+    from hupeft import report
+
+    df = report.records(out)
+    shown = report.data_provenance(df).iloc[0]
+    assert (shown["data asked"], shown["data used"], shown["runs"]) == ("real", "real", 1)
+    assert shown["sources"] == (f"eval: hub:nyu-mll/glue:sst2 ({fingerprint(val)}); "
+                                f"train: hub:nyu-mll/glue:sst2 ({fingerprint(train)})")
+    sig = report.evaluation_signatures(df)
+    assert sig[["benchmark", "metric"]].values.tolist() == [["glue/sst2", "accuracy"]]
+    assert sig["computed as"][0] == "classification head: argmax of the logits|10 labelled examples"
+
 
 def test_no_socket_probe_decides_for_datasets(offline, monkeypatch):
     """A mirror behind HF_ENDPOINT (or a proxy) serves the hub while huggingface.co itself cannot be
@@ -213,3 +224,66 @@ def test_generated_xnli_few_shot_split_shares_no_pair_with_test():
     assert len(pairs("validation")) == len(pairs("test")) == 300
     assert not pairs("validation") & pairs("test")
     assert synthetic.nli_split("sw", "test", 300) == synthetic.nli("sw", "test", 300)
+
+
+# --- the book: sources and signatures on the setup page, GSM-Symbolic apart from GSM8K -------------
+
+
+def fake_runs(rows: list[tuple]) -> "pd.DataFrame":
+    import pandas as pd
+
+    return pd.DataFrame([{"model": "m", "benchmark": b, "method": "lora", "seed": seed, "status": status,
+                          "record": {"config": {"data": d}, "metric_signatures": sigs}}
+                         for b, seed, status, d, sigs in rows])
+
+
+def test_setup_page_frames_group_runs_by_provenance_and_signature():
+    from hupeft import report
+
+    fell = {"requested": "any", "used": "synthetic", "sources": {"eval": "offline:synthetic-sst2"},
+            "fingerprints": {"eval": "sha256:aa"}, "tried": {"eval": ["hub x (gated)"], "train": ["hub x (gated)"]}}
+    real = {"requested": "real", "used": "real", "sources": {"eval": "local:/d/test.jsonl"}, "fingerprints": {}}
+    df = fake_runs([("glue/sst2", 0, "ok", fell, {"accuracy": "rule A"}),
+                    ("glue/sst2", 1, "ok", fell, {"accuracy": "rule A"}),
+                    ("glue/sst2", 2, "failed", real, {"accuracy": "rule B"}),
+                    ("mtbench", 0, "ok", real, {"bleu": "nrefs:1|tok:13a", "rougeL": "script tokens"})])
+    prov = report.data_provenance(df)
+    assert prov[["benchmark", "data asked", "data used", "sources", "tried first", "runs"]].values.tolist() == [
+        ["glue/sst2", "any", "synthetic", "eval: offline:synthetic-sst2 (sha256:aa)", "hub x (gated)", 2],
+        ["glue/sst2", "real", "real", "eval: local:/d/test.jsonl", "", 1],
+        ["mtbench", "real", "real", "eval: local:/d/test.jsonl", "", 1]]
+    sig = report.evaluation_signatures(df)  # failed runs computed nothing
+    assert sig.values.tolist() == [["glue/sst2", "accuracy", "rule A", 2], ["mtbench", "bleu", "nrefs:1|tok:13a", 1],
+                                   ["mtbench", "rougeL", "script tokens", 1]]
+
+
+def test_gsm_symbolic_is_never_set_beside_the_papers_gsm8k():
+    import pandas as pd
+
+    from hupeft import pages, report
+
+    paper = report.paper_table1()
+    assert not paper[paper["benchmark"] == "gsm8k"].empty
+    t1 = pd.DataFrame([{"model": "m", "benchmark": b, "metric": "exact_match_strict", "method": "lora",
+                        "mean": 12.0, "ci95": 1.0} for b in ("gsm-symbolic", "gsm8k")])
+    layout = report.table1_layout(t1, paper)
+    assert set(layout) == {"gsm-symbolic", "gsm8k"}
+    assert not [c for c in layout["gsm-symbolic"].columns if "paper" in c]
+    assert [c for c in layout["gsm8k"].columns if "paper" in c]
+    assert "gsm-symbolic stands in for GSM8K and is not GSM8K" in pages._not_in_paper("gsm-symbolic")
+    assert pages._not_in_paper("gsm8k") == ""
+
+
+def test_setup_page_sections_show_no_none_or_nan(monkeypatch):
+    from hupeft import pages
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(getattr(obj, "data", str(obj))))
+    old_style = {"n_eval": 8, "description": "d"}  # a record without the data setting or hashes
+    df = fake_runs([("glue/sst2", 0, "ok", old_style, {}), ("mtbench", 0, "ok", {"requested": "any"}, {"bleu": "s"})])
+    pages.data_sources(df)
+    pages.evaluation_choices(df)
+    text = "\n".join(map(str, shown))
+    assert text.count("<table") == 2 and "Data sources" in text and "How each score was computed" in text
+    for bad in (">None<", ">nan<", ">NaN<", "><"):
+        assert bad not in text

@@ -135,6 +135,30 @@ def setup_tables(df: pd.DataFrame) -> None:
             f"{env.get('gpu_count')} GPUs; torch {env.get('packages', {}).get('torch')}.")
 
 
+def data_sources(df: pd.DataFrame) -> None:
+    """Which data each run asked for and which it used, from where, with the content hash of each split."""
+    frame = report.data_provenance(df)
+    if frame.empty:
+        return
+    _md("## Data sources\nEach run asks for real data, generated data, or either (`data=real`, `synthetic`, "
+        "`any`); its record names the source of every split it used (a data folder, the Hugging Face hub or "
+        "its local cache, or data shipped with the project) with a hash of the split's rows, and the sources "
+        "that failed before a fallback to generated data.")
+    _html(frame.fillna(DASH).replace("", DASH), wrap=True)
+
+
+def evaluation_choices(df: pd.DataFrame) -> None:
+    """How each score was computed: the signature its records keep, per benchmark and metric."""
+    frame = report.evaluation_signatures(df)
+    if frame.empty:
+        return
+    _md("## How each score was computed\nAs each record states it: sacrebleu's signature for BLEU and "
+        "chrF++ (its tokenizer for the target language), the tokenizer of ROUGE-L, the prompt, decoding, stop "
+        "sequences and matching of GSM8K (lm-evaluation-harness's `gsm8k` task), greedy pass@1 and sampled "
+        "pass@10 of HumanEval, and the rule that turns a classifier's output into a label.")
+    _html(frame, wrap=True)
+
+
 def show_failures(df: pd.DataFrame) -> None:
     bad = report.failures(df)
     _glue("failed_runs", len(bad))
@@ -170,7 +194,8 @@ def show_table1(t1: pd.DataFrame, paper: pd.DataFrame, glue: pd.DataFrame | None
         ours = ", ".join(f"{b} {m}" for b, m in part[["benchmark", "metric"]].drop_duplicates().values)
         theirs = ", ".join(sorted({v for (b, m), v in report.PAPER_METRIC.items() if b == pbench
                                    and m in set(part["metric"])}))
-        _md(f"### {pbench}\nOurs: {ours}" + (f"; the paper's: {theirs}." if theirs else "."))
+        _md(f"### {pbench}\nOurs: {ours}" + (f"; the paper's: {theirs}." if theirs else ".")
+            + _not_in_paper(pbench))
         _html(frame)
     for _, r in t1.iterrows():
         _glue(f"t1/{r['model']}/{r['benchmark']}/{r['method']}/{r['metric']}", float(r["mean"]))
@@ -181,6 +206,22 @@ def show_table1(t1: pd.DataFrame, paper: pd.DataFrame, glue: pd.DataFrame | None
                  "points (95% Wilson interval, at worst over methods)"
                  for (m, b, n), _ in sampling.groupby(["model", "benchmark", "n_eval"])]
         _md("Evaluation-set sampling alone:\n" + "\n".join(lines))
+
+
+def _not_in_paper(bench: str) -> str:
+    """For a benchmark that is not a column of the paper's Table I: say so, and what it stands in for."""
+    if bench in set(report.PAPER_BENCHMARK.values()):
+        return ""
+    from . import benchmarks
+
+    try:
+        instead = benchmarks.get(bench).stands_in_for
+    except ValueError:
+        instead = None
+    if instead:
+        return (f" **{bench} stands in for {instead} and is not {instead}**: the paper's {instead} numbers are "
+                "not set beside it.")
+    return " Not a benchmark of the paper's Table I: no paper numbers beside it."
 
 
 def top_methods(t1: pd.DataFrame, df: pd.DataFrame) -> None:

@@ -229,6 +229,48 @@ def failures(df: pd.DataFrame) -> pd.DataFrame:
                          for _, r in bad.iterrows()])
 
 
+def _data_of(record: dict) -> dict:
+    d = (record.get("config") or {}).get("data") or {}
+    return d if isinstance(d, dict) else {"requested": d}
+
+
+def data_provenance(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model and benchmark, each distinct data provenance its runs recorded: the data asked for
+    and used, every source with its content hash, what it stands in for, and what failed first."""
+    import json
+
+    rows = []
+    for (model, bench), g in df.groupby(["model", "benchmark"]):
+        kinds: dict[str, dict] = {}
+        for rec in g["record"]:
+            d = _data_of(rec)
+            sources = d.get("sources") or {}
+            prints = d.get("fingerprints") or {}
+            row = {"model": model, "benchmark": bench, "data asked": d.get("requested"),
+                   "data used": d.get("used") or ({True: "synthetic", False: "real"}.get(d.get("synthetic"))),
+                   "sources": "; ".join(f"{part}: {src}" + (f" ({prints[part]})" if prints.get(part) else "")
+                                        for part, src in sorted(sources.items())),
+                   "stands in for": d.get("stands_in_for"),
+                   "tried first": "; ".join(dict.fromkeys(t for v in (d.get("tried") or {}).values() for t in v))}
+            key = json.dumps(row, sort_keys=True, default=str)
+            kinds.setdefault(key, {**row, "runs": 0})["runs"] += 1
+        rows.extend(kinds.values())
+    return pd.DataFrame(rows)
+
+
+def evaluation_signatures(df: pd.DataFrame) -> pd.DataFrame:
+    """Per benchmark and metric, how the runs that finished ok computed it (the signature each
+    record keeps: sacrebleu's for BLEU and chrF++, the harness settings for GSM8K and HumanEval)."""
+    rows: dict[tuple, int] = {}
+    for _, r in df[df["status"] == "ok"].iterrows():
+        for metric, sig in (r["record"].get("metric_signatures") or {}).items():
+            key = (r["benchmark"], metric, sig)
+            rows[key] = rows.get(key, 0) + 1
+    return pd.DataFrame([{"benchmark": b, "metric": m, "computed as": sig, "runs": n}
+                         for (b, m, sig), n in sorted(rows.items())],
+                        columns=["benchmark", "metric", "computed as", "runs"])
+
+
 def run_index(df: pd.DataFrame, book_dir: Path = GENERATED) -> pd.DataFrame:
     """Every executed run notebook with its status, for the reproducibility page."""
     rows = []

@@ -11,7 +11,7 @@ import torch
 
 from . import scoring, synthetic
 from ..data import keep_end, special_head
-from .base import Benchmark, BenchmarkError, Offline, model_device, model_max_positions
+from .base import Benchmark, BenchmarkError, Offline, Scores, model_device, model_max_positions
 
 
 class ClassificationBenchmark(Benchmark):
@@ -42,7 +42,15 @@ class ClassificationBenchmark(Benchmark):
         out = {"accuracy": scoring.accuracy(preds, labels)}
         if "f1" in self.metrics:
             out["f1"] = scoring.f1_binary(preds, labels, positive=1)
-        return out
+        if task == "seq-cls":
+            how = "classification head: argmax of the logits"
+        else:
+            words = " / ".join(repr(" " + w) for w in self.label_words)
+            how = f"zero-shot prompt, label word of highest summed log-likelihood after it ({words})"
+        sig = {"accuracy": f"{how}|{len(examples)} labelled examples"}
+        if "f1" in out:
+            sig["f1"] = f"{how}|F1 of label 1 ({self.label_words[1]!r})"
+        return Scores(out, sig)
 
 
 @torch.no_grad()
