@@ -287,3 +287,21 @@ def test_setup_page_sections_show_no_none_or_nan(monkeypatch):
     assert text.count("<table") == 2 and "Data sources" in text and "How each score was computed" in text
     for bad in (">None<", ">nan<", ">NaN<", "><"):
         assert bad not in text
+
+
+def test_real_scores_are_never_paired_with_generated_training_data(offline, monkeypatch):
+    """The hub serves XNLI's test split but not its validation split: data=any does not train on
+    generated pairs and score on real ones."""
+    from hupeft.benchmarks.xnli import XNLI
+
+    test = [{"premise": f"p{i}", "hypothesis": "h", "label": i % 3} for i in range(9)]
+
+    def only_test(self, split):
+        if split != "test":
+            raise ConnectionError("the validation split timed out")
+        return test
+    monkeypatch.setattr(XNLI, "from_hub", only_test)
+    monkeypatch.setenv("HF_ENDPOINT", "http://half.example")  # a fresh key: no failure remembered from other tests
+    with pytest.raises(ValueError, match=r"the test split is real \(hub:facebook/xnli:sw\) but the validation split "
+                                         r"is generated \(offline:synthetic-nli-sw\); provide both from one source"):
+        data.load_splits(benchmarks.get("xnli/sw"), RunConfig(model="tiny-llama", benchmark="xnli/sw", data="any"))
