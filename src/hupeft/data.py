@@ -40,7 +40,7 @@ class Splits:
 
 def stratified(rows: list[dict], n: int, label) -> list[dict]:
     """n of `rows` spread over their labels as evenly as n allows (sizes differ by at most one; the
-    smaller labels, in label order, get the extra ones), each label's rows taken in the given order."""
+    labels that sort first get the extra ones), each label's rows taken in the given order."""
     by_label: dict = {}
     for r in rows:
         by_label.setdefault(label(r), []).append(r)
@@ -78,7 +78,8 @@ def load_splits(bench, cfg) -> Splits:
             kinds = {True: "generated", False: "real"}
             raise ValueError(f"{bench.name}: the {bench.splits['eval']} split is {kinds[synthetic]} "
                              f"({eval_split.source}) but the {bench.splits['train']} split is "
-                             f"{kinds[bool(train_split.synthetic)]} ({train_split.source}); provide both from one source")
+                             f"{kinds[bool(train_split.synthetic)]} ({train_split.source}); "
+                             "provide both from one source")
         train_pool = list(train_split.examples)
         perm = torch.randperm(len(train_pool), generator=g).tolist()
         train_pool = [train_pool[i] for i in perm]

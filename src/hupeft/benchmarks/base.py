@@ -133,6 +133,7 @@ class Benchmark:
     fields: str = ""  # one line, for the error that explains the local layout
     display: str = ""
     stands_in_for: str | None = None  # the benchmark this one takes the place of, whatever the source
+    elsewhere: str = ""  # for errors: another benchmark that can run where this one has no data
 
     @property
     def primary_metric(self) -> str:
@@ -238,8 +239,6 @@ class Benchmark:
         raise BenchmarkError(f"{self.name}: no {kind}source has split {split!r} (tried {'; '.join(tried) or 'nothing'}"
                              f"{'' if off is not None else '; no offline data'}); " + ", ".join(fixes[:-1])
                              + (" or " if len(fixes) > 1 else "") + fixes[-1] + self.elsewhere)
-
-    elsewhere = ""  # a pointer to another benchmark that can run where this one has no data
 
     def from_hub(self, split: str) -> list[dict]:
         from datasets import load_dataset
