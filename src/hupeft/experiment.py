@@ -509,8 +509,10 @@ def _load_checkpoint(folder: Path, adapted, optimizer, scheduler, record, sharde
 
         model_state, optim_state = _sharded_state(adapted, optimizer)
         dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder / "sharded"))
+        # Not strict: the frozen base is not in the checkpoint (dcp.load above already refused a
+        # checkpoint that lacks any key of the trainable state).
         set_state_dict(adapted.model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
-                       options=StateDictOptions(ignore_frozen_params=adapted.method != "full"))
+                       options=StateDictOptions(ignore_frozen_params=adapted.method != "full", strict=False))
         rng = torch.load(folder / f"rng{rank}.pt", weights_only=False)
     else:
         adapted.load_adapter_state(ck["adapter"])
