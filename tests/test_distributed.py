@@ -169,3 +169,32 @@ def test_fsdp_killed_after_a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_r
     assert rec["steps"] == whole["steps"] and rec["hybrid_lambda"] == whole["hybrid_lambda"]
     assert rec["scores"] == whole["scores"]
     assert_same_weights(weights(tmp_path / "adapter"), weights(launched / "fsdp" / "hybrid" / "adapter"), rel=1e-6)
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["strategy=zero"], "strategy must be one of"),
+    (["processes=0"], "processes must be >= 1"),
+    (["strategy=single", "processes=2"], "strategy=single runs one process"),
+])
+def test_bad_strategy_or_processes_exit_2_before_launching(sets, message, tmp_path, capsys):
+    from hupeft.experiment import cli_main
+
+    argv = ["--model", "tiny-llama", "--method", "lora", "--benchmark", "glue/sst2", "--out", str(tmp_path / "o")]
+    assert cli_main(argv + [x for s in sets for x in ("--set", s)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_deepspeed_without_the_extra_names_it(tmp_path, capsys):
+    import importlib.util
+
+    from hupeft.experiment import cli_main
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("DeepSpeed is installed here")
+    argv = ["--model", "tiny-llama", "--method", "lora", "--benchmark", "glue/sst2", "--out", str(tmp_path / "o"),
+            "--set", "strategy=deepspeed"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'hupeft[deepspeed]'" in err and len(err.splitlines()) == 1

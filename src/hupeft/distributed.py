@@ -63,6 +63,8 @@ def check(strategy: str, processes: int | None) -> None:
     if processes is not None and processes < 1:
         raise LaunchError(f"processes must be >= 1 or none, got {processes}; e.g. --set processes=2")
     world = launched_world()
+    if strategy == "single" and max(processes or 1, world) > 1:
+        raise LaunchError("strategy=single runs one process; use strategy=ddp or fsdp with several processes")
     if processes is not None and world > 1 and processes != world:
         raise LaunchError(f"processes={processes} but this launch has {world} processes; drop --set processes "
                           "or launch that many")

@@ -150,6 +150,8 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     if sharded:
         train_model = adapted.model
     else:  # DDP (or DeepSpeed) through accelerate; the scheduler is stepped by hand, so not prepared.
+        if strategy == "deepspeed":  # no dataloader goes through prepare: DeepSpeed needs the batch size
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
         train_model, optimizer = accelerator.prepare(adapted.model, optimizer)
 
     start_epoch, step, skip, partial = 1, 0, 0, None
@@ -245,17 +247,18 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     if sharded:
         # A plain copy on the main process from the gathered state (FSDP's parameters stay
         # DTensors in state dicts, and its forward would need every process): it alone saves and
-        # scores, each example once, while the others wait.
+        # scores, each example once.
         state = distributed.full_state(adapted.model)
         if accelerator.is_main_process:
             final = _rebuild(cfg, bench, adapted, state, accelerator.device)
+    # No collective from here on: the other processes return (a process group's timeout could
+    # otherwise cut a long evaluation short) and the launch ends when the main process does.
     if accelerator.is_main_process:
         if cfg.save_adapter and out is not None:
             final.save(out / ADAPTER_DIR)
             record["adapter"] = ADAPTER_DIR  # hupeft.methods.load(base model, OUT/adapter)
         _score(cfg, record, out, bench, accelerator.unwrap_model(train_model) if final is adapted else final.model,
                tok, splits, progress)
-    distributed.barrier()
 
 
 def _rebuild(cfg: RunConfig, bench, adapted, state: dict, device):
