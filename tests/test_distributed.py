@@ -18,6 +18,9 @@ from hupeft.experiment import run
 from hupeft.records import read_record
 
 METHODS = ["full", "lora", "loraga", "boft", "urnn", "urnn-structured", "hybrid"]
+# Each trained run by name: the method and its options (the hybrid's default lambda rule gathers
+# whole weights under FSDP; the paper's rule sums squared gradient shards over the processes).
+RUNS = {**{m: (m, {}) for m in METHODS}, "hybrid-paper": ("hybrid", {"lambda_rule": "paper"})}
 STRATEGIES = ["ddp", "fsdp"]
 # 8 examples, 2 per process and step: 2 steps of a global batch of 4; a checkpoint after step 1.
 BASE = dict(model="tiny-llama", benchmark="glue/sst2", seed=1, epochs=1, n_train=8, n_val=4, n_eval=4,
@@ -79,8 +82,8 @@ def launched(tmp_path_factory):
     method and for the uneven case, in this process."""
     root = tmp_path_factory.mktemp("dist")
     two = {"batch_size": 2, "processes": 2}
-    specs = [{"config": {**BASE, **two, "method": m, "strategy": s, "checkpoint_every": 1}, "out": str(root / s / m)}
-             for s in STRATEGIES for m in METHODS]
+    specs = [{"config": {**BASE, **two, "method": m, "method_options": o, "strategy": s, "checkpoint_every": 1},
+              "out": str(root / s / name)} for s in STRATEGIES for name, (m, o) in RUNS.items()]
     specs.append({"config": {**UNEVEN, **two, "strategy": "ddp"}, "out": str(root / "uneven")})
     specs.append({"config": {**BASE, **two, "method": "boft", "strategy": "fsdp"}, "out": str(root / "nan"),
                   "env": {"HUPEFT_INJECT_NAN": "1:2"}})  # process 1, optimiser step 2
@@ -90,14 +93,14 @@ def launched(tmp_path_factory):
            str(ROOT / "tests" / "distributed_runs.py"), str(root / "runs.json")]
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
-    for m in METHODS:
-        run({**BASE, "method": m, "batch_size": 4}, root / "one" / m, progress=False)
+    for name, (m, o) in RUNS.items():
+        run({**BASE, "method": m, "method_options": o, "batch_size": 4}, root / "one" / name, progress=False)
     run({**UNEVEN, "batch_size": 4}, root / "one" / "uneven", progress=False)
     return root
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", RUNS)
 def test_two_processes_train_like_one_with_the_same_global_batch(launched, method, strategy):
     one, two = launched / "one" / method, launched / strategy / method
     ref, rec = read_record(one / "record.json"), read_record(two / "record.json")
@@ -108,7 +111,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(launched, metho
     assert len(rec["steps"]) == len(ref["steps"]) == 2
     for a, b in zip(rec["steps"], ref["steps"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-    if method == "hybrid":  # lambda from globally reduced gradient norms: the one process's values
+    if method.startswith("hybrid"):  # lambda from globally reduced gradient norms: the one process's values
         for layer, lams in ref["hybrid_lambda"].items():
             assert rec["hybrid_lambda"][layer] == pytest.approx(lams, abs=1e-5)
     if strategy == "ddp":  # every replica ended with the same weights
@@ -142,6 +145,9 @@ def test_uneven_last_batch_completes_with_the_weights_of_one_process(launched):
     assert rec["status"] == "ok" and rec["distributed"]["world_size"] == 2 and len(rec["steps"]) == 3
     rows = rec["distributed"]["replica_checksums"]
     assert len(rows) == 2 and rows[0] == rows[1]
+    ref = read_record(launched / "one" / "uneven" / "record.json")
+    for a, b in zip(rec["steps"], ref["steps"], strict=True):  # the stand-in row adds nothing
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     assert_same_weights(weights(launched / "uneven" / "adapter"), weights(launched / "one" / "uneven" / "adapter"))
 
 
@@ -198,3 +204,17 @@ def test_deepspeed_without_the_extra_names_it(tmp_path, capsys):
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "pip install 'hupeft[deepspeed]'" in err and len(err.splitlines()) == 1
+
+
+def test_notebook_launch_arguments_give_back_the_config(tmp_path):
+    """What notebook.run hands to `accelerate launch -m hupeft.experiment` parses to the same config."""
+    from hupeft import notebook
+    from hupeft.config import RunConfig, apply_overrides, validate
+    from hupeft.experiment import parser
+
+    cfg = validate(RunConfig(model="tiny-llama", method="hybrid", benchmark="glue/sst2", seed=2, strategy="fsdp",
+                             checkpoint_every=3, lr=3e-4, keep_checkpoint=True, data_dir=None,
+                             method_options={"lambda_rule": "paper", "r": 4}))
+    args = parser().parse_args(notebook.command_line(cfg, tmp_path))
+    back = RunConfig(model=args.model, method=args.method, benchmark=args.benchmark, seed=args.seed)
+    assert validate(apply_overrides(back, args.sets)) == cfg
