@@ -181,6 +181,8 @@ def test_fsdp_killed_after_a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_r
     (["strategy=zero"], "strategy must be one of"),
     (["processes=0"], "processes must be >= 1"),
     (["strategy=single", "processes=2"], "strategy=single runs one process"),
+    pytest.param(["strategy=fsdp_offload"], "needs a GPU", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="a GPU is here")),
 ])
 def test_bad_strategy_or_processes_exit_2_before_launching(sets, message, tmp_path, capsys):
     from hupeft.experiment import cli_main

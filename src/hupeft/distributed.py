@@ -68,6 +68,12 @@ def check(strategy: str, processes: int | None) -> None:
     if processes is not None and world > 1 and processes != world:
         raise LaunchError(f"processes={processes} but this launch has {world} processes; drop --set processes "
                           "or launch that many")
+    if strategy == "fsdp_offload":
+        import torch
+
+        if not torch.cuda.is_available():  # torch's CPUOffloadPolicy needs an accelerator to offload from
+            raise LaunchError("strategy=fsdp_offload keeps GPU shards in CPU memory and needs a GPU; "
+                              "on the CPU use strategy=fsdp")
     if strategy == "deepspeed":
         import importlib.util
 
