@@ -41,7 +41,8 @@ def cli(args: list[str], extra_env: dict | None = None) -> subprocess.CompletedP
 
 
 def as_args(cfg: dict) -> list[str]:
-    out = ["--model", cfg["model"], "--method", cfg["method"], "--benchmark", cfg["benchmark"], "--seed", str(cfg["seed"])]
+    out = ["--model", cfg["model"], "--method", cfg["method"], "--benchmark", cfg["benchmark"],
+           "--seed", str(cfg["seed"])]
     for k, v in cfg.items():
         if k not in ("model", "method", "benchmark", "seed"):
             out += ["--set", f"{k}={v}"]
@@ -110,7 +111,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(launched, metho
     assert ref["distributed"]["world_size"] == 1 and ref["distributed"]["global_batch"] == 4
     assert len(rec["steps"]) == len(ref["steps"]) == 2
     for a, b in zip(rec["steps"], ref["steps"]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     if method.startswith("hybrid"):  # lambda from globally reduced gradient norms: the one process's values
         for layer, lams in ref["hybrid_lambda"].items():
             assert rec["hybrid_lambda"][layer] == pytest.approx(lams, abs=1e-5)
@@ -147,7 +149,8 @@ def test_uneven_last_batch_completes_with_the_weights_of_one_process(launched):
     assert len(rows) == 2 and rows[0] == rows[1]
     ref = read_record(launched / "one" / "uneven" / "record.json")
     for a, b in zip(rec["steps"], ref["steps"], strict=True):  # the stand-in row adds nothing
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     assert_same_weights(weights(launched / "uneven" / "adapter"), weights(launched / "one" / "uneven" / "adapter"))
 
 

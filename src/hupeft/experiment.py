@@ -127,7 +127,8 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     if cfg.method in methods.NEEDS_INIT_BATCHES:
         # Whole global batches on every process: the same estimate, so the same start, everywhere.
         g = torch.Generator().manual_seed(cfg.seed)
-        init = [to_dev(b) for b in data.batches(train_enc, cfg.batch_size * world, pad_id, cfg.task, g)[: cfg.init_batches]]
+        whole = data.batches(train_enc, cfg.batch_size * world, pad_id, cfg.task, g)
+        init = [to_dev(b) for b in whole[: cfg.init_batches]]
     model.train()
     adapted = methods.apply(model, cfg.method, cfg.method_options, init_batches=init)
     record["config"]["method_options"] = adapted.options.to_dict()
@@ -193,8 +194,8 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
                 # and FSDP average gradients over them): the gradient of the global-batch mean,
                 # whatever the split, and 0 for a stand-in row on a process without examples.
                 share = loss * (weight * world)
-                totals = distributed.all_reduce_sum(torch.stack([share.detach().float().cpu() / world,
-                                                                 torch.tensor(float(not torch.isfinite(loss.detach())))]))
+                bad = torch.tensor(float(not torch.isfinite(loss.detach())))
+                totals = distributed.all_reduce_sum(torch.stack([share.detach().float().cpu() / world, bad]))
                 if totals[1] > 0:  # non-finite on some process: every process stops here, together
                     _finish_epoch(record, epoch, acc, None, t0, sampler, adapted)
                     raise Diverged(f"non-finite loss at epoch {epoch}, step {step + 1}"
