@@ -25,7 +25,7 @@ def small(**kw) -> RunConfig:
 
 def strip_timing(rec: dict) -> dict:
     rec = json.loads(json.dumps(rec))
-    for key in ("environment", "started_at", "finished_at", "resumed_from_epoch"):
+    for key in ("environment", "started_at", "finished_at", "resumed_from_epoch", "resumed_from_step"):
         rec.pop(key, None)
     for ep in rec["epochs"]:
         for k in TIMING:

@@ -103,7 +103,7 @@ def test_sigkill_midway_then_rerun_leaves_no_duplicate_or_corrupt_record(killed_
     assert len(cells) == 4
     for cell in cells:
         assert read_record(cell / "record.json")["status"] == "ok"
-        assert sorted(p.name for p in cell.iterdir() if p.name != "checkpoint") == ["record.json", "run.ipynb"]
+        assert sorted(p.name for p in cell.iterdir() if p.name != "checkpoint") == ["adapter", "record.json", "run.ipynb"]
 
 
 def test_changed_parameter_reruns_only_affected_cells(killed_and_rerun):

@@ -33,7 +33,7 @@ class RunConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     batch_size: int = 4
-    """Examples per micro-batch."""
+    """Examples per micro-batch in each process; the global batch is batch_size x processes x grad_accum."""
     grad_accum: int = 1
     """Micro-batches per optimiser step."""
     warmup_ratio: float = 0.1
@@ -69,10 +69,23 @@ class RunConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     init_batches: int = 4
-    """Batches of `batch_size` training examples (the first of the seed's shuffle) from which
-    LoRA-GA and the hybrid estimate the gradient at initialisation; the only such setting."""
+    """Global batches (batch_size x processes training examples, the first of the seed's shuffle)
+    from which LoRA-GA and the hybrid estimate the gradient at initialisation, the same on every
+    process; the only such setting."""
     checkpoint: bool = True
     """Save the trainable state, optimiser, scheduler and RNG states after each epoch (for --resume)."""
+    checkpoint_every: int | None = None
+    """Also checkpoint every this many optimiser steps within an epoch (None: after epochs only)."""
+    save_adapter: bool = True
+    """Save the trained adapter (full: the whole model) to OUT/adapter at the end, in the form
+    hupeft.methods.load reads back."""
+    processes: int | None = None
+    """Processes to train with; above 1, `hupeft run` starts them through `accelerate launch` (on
+    the GPUs, or on the CPU with gloo). None: as launched (1 outside a launch)."""
+    strategy: str = "auto"
+    """How several processes share the work: ddp (each holds the model), fsdp (sharded, FSDP2),
+    fsdp_offload (sharded, kept in CPU memory; GPU), deepspeed (ZeRO-3; extra 'deepspeed'), or auto (the
+    launch's accelerate config, else ddp)."""
     keep_checkpoint: bool = False
     """Keep the last checkpoint after the run completes (by default it is removed then)."""
     inject_nan_step: int | None = None
@@ -294,7 +307,8 @@ def _check_ranges(cfg: RunConfig) -> None:
     for name in ("batch_size", "grad_accum", "max_len", "n_val", "eval_batch_size", "init_batches"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
-    for name in ("n_train", "n_eval", "max_new_tokens", "n_samples", "temperature", "inject_nan_step"):
+    for name in ("n_train", "n_eval", "max_new_tokens", "n_samples", "temperature", "inject_nan_step",
+                 "checkpoint_every"):
         v = getattr(cfg, name)
         if v is not None and v <= 0:
             raise ConfigError(f"{name} must be > 0 or none, got {v}")
@@ -317,6 +331,18 @@ def _check_ranges(cfg: RunConfig) -> None:
                           "run without it on this machine (--set quantization=none)")
     if cfg.quantization and cfg.method == "full":
         raise ConfigError("full fine-tuning cannot train a quantized base; drop quantization or pick an adapter")
+    _check_strategy(cfg)
+
+
+def _check_strategy(cfg: RunConfig) -> None:
+    from hupeft import distributed
+
+    try:
+        distributed.check(cfg.strategy, cfg.processes)
+    except distributed.LaunchError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.strategy in distributed.SHARDED and cfg.quantization:
+        raise ConfigError(f"strategy={cfg.strategy} does not shard a quantized base here; use --set strategy=ddp")
 
 
 def _resolve_task(cfg: RunConfig, bench) -> str:

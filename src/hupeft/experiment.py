@@ -5,8 +5,9 @@
     record = run(RunConfig(model="smollm2-135m", method="hybrid", benchmark="gsm8k"), out_dir="out/")
 
 The training loop below is written out in full (no Trainer): read it top to bottom. accelerate
-handles device placement, mixed precision and several processes (`accelerate launch -m
-hupeft.experiment ...` with an FSDP or DeepSpeed accelerate config).
+handles device placement, mixed precision and several processes: `hupeft run ... --set
+processes=N --set strategy=ddp|fsdp` or `accelerate launch -m hupeft.experiment ...` with one of
+the configs in hupeft/accelerate_configs (see hupeft.distributed). `batch_size` is per process.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
+from . import distributed
 from .config import ConfigError, RunConfig, apply_overrides, field_docs, validate
 from .memory import PeakRSS
 from .records import RECORD_NAME, SCHEMA_VERSION, environment, write_record
@@ -62,7 +64,7 @@ def run(config: RunConfig | dict, out_dir: str | os.PathLike | None = None, *, r
         record["status"] = "failed"
         record["error"] = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exc(limit=-6))
     record["finished_at"] = time.time()
-    if out is not None:
+    if out is not None and distributed.is_main_process():  # one record per run, however many processes
         write_record(dict(record), out / RECORD_NAME)
         if record["status"] != "failed" and not cfg.keep_checkpoint:
             # The run is complete: the checkpoint (full FT: weights and optimiser) only served resume.
@@ -82,7 +84,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    from . import benchmarks, data, methods, models
+    from . import benchmarks, data, distributed, methods, models
 
     # 1. Seeds, data, model ------------------------------------------------------------
     _seed_everything(cfg.seed)
@@ -92,6 +94,12 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     cuda = torch.cuda.is_available()
     precision = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
     accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    strategy = distributed.resolve(cfg.strategy, world)
+    sharded = strategy in distributed.SHARDED
+    record["distributed"] = {"strategy": strategy, "world_size": world, "per_device_batch": cfg.batch_size,
+                             "grad_accum": cfg.grad_accum, "global_batch": cfg.batch_size * world * cfg.grad_accum,
+                             "precision": precision}
     loaded = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2,
                          quantization=cfg.quantization, seed=cfg.seed,
                          device_map={"": accelerator.device} if cfg.quantization else None)
@@ -116,93 +124,159 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     to_dev = lambda b: {k: v.to(accelerator.device) for k, v in b.items()}  # noqa: E731
     init = None
     if cfg.method in methods.NEEDS_INIT_BATCHES:
+        # Whole global batches on every process: the same estimate, so the same start, everywhere.
         g = torch.Generator().manual_seed(cfg.seed)
-        init = [to_dev(b) for b in data.batches(train_enc, cfg.batch_size, pad_id, cfg.task, g)[: cfg.init_batches]]
+        whole = data.batches(train_enc, cfg.batch_size * world, pad_id, cfg.task, g)
+        init = [to_dev(b) for b in whole[: cfg.init_batches]]
     model.train()
     adapted = methods.apply(model, cfg.method, cfg.method_options, init_batches=init)
     record["config"]["method_options"] = adapted.options.to_dict()
-    params = adapted.trainable_parameters()
     record["params"] = {"trainable": adapted.num_trainable(), "total": adapted.num_total()}
     adapted.model.to(accelerator.device) if not cfg.quantization else None
 
-    # 3. Optimiser and schedule ----------------------------------------------------------
+    # 3. Sharding, optimiser and schedule ------------------------------------------------
+    if sharded:  # FSDP2 replaces the parameters by sharded ones: the optimiser comes after
+        distributed.shard(adapted.model, strategy, accelerator.device, precision)
+    params = adapted.trainable_parameters()
     # The method builds it: AdamW, with the hybrid's per-branch rates or the uRNN's manifold step.
-    optimizer = adapted.optimizer(cfg.lr, cfg.weight_decay)
-    micro = math.ceil(len(train_enc) / cfg.batch_size)
-    micro_here = len(range(accelerator.process_index, micro, accelerator.num_processes))
-    steps_per_epoch = max(1, math.ceil(micro_here / cfg.grad_accum))
+    optimizer = adapted.optimizer(cfg.lr, weight_decay=cfg.weight_decay)
+    # Every process walks the same global batches (its own slice of each), so all take the same
+    # number of steps and no process waits in a collective for another's extra batch.
+    global_batch = cfg.batch_size * world
+    micro = math.ceil(len(train_enc) / global_batch)
+    steps_per_epoch = max(1, math.ceil(micro / cfg.grad_accum))
     total_steps = max(1, steps_per_epoch * cfg.epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    # The scheduler is stepped by hand once per optimiser step, so it is not prepared.
-    train_model, optimizer = accelerator.prepare(adapted.model, optimizer)
+    if sharded:
+        train_model = adapted.model
+    else:  # DDP (or DeepSpeed) through accelerate; the scheduler is stepped by hand, so not prepared.
+        if strategy == "deepspeed":  # no dataloader goes through prepare: DeepSpeed needs the batch size
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        train_model, optimizer = accelerator.prepare(adapted.model, optimizer)
 
-    start_epoch, step = 1, 0
+    start_epoch, step, skip, partial = 1, 0, 0, None
     if resume and out is not None and (out / CHECKPOINT_DIR / "state.pt").exists():
-        start_epoch, step = _load_checkpoint(out / CHECKPOINT_DIR, adapted, optimizer, scheduler, record)
+        start_epoch, step, skip, partial = _load_checkpoint(out / CHECKPOINT_DIR, adapted, optimizer, scheduler,
+                                                            record, sharded, rank)
 
     # 4. Train ---------------------------------------------------------------------------
     lambda_log = record["hybrid_lambda"] if record["hybrid_lambda"] is not None else (
         {} if cfg.method == "hybrid" else None)
     record["hybrid_lambda"] = lambda_log
+    nan_at = _nan_hook(rank)
     epochs_bar = tqdm(range(start_epoch, cfg.epochs + 1), desc="epochs", disable=not progress,
                       initial=start_epoch - 1, total=cfg.epochs)
     for epoch in epochs_bar:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # order depends on epoch only
-        epoch_batches = data.batches(train_enc, cfg.batch_size, pad_id, cfg.task, g)
-        epoch_batches = epoch_batches[accelerator.process_index:: accelerator.num_processes]
+        epoch_batches = data.batches(train_enc, global_batch, pad_id, cfg.task, g)
         train_model.train()
         sampler = PeakRSS().__enter__() if not cuda else None
-        t0, tokens, losses, norms, branch = time.perf_counter(), 0, [], [], {}
+        t0 = time.perf_counter()
+        acc = partial or {"losses": [], "norms": [], "branch": {}, "tokens": 0}
+        partial = None
         bar = tqdm(epoch_batches, desc=f"epoch {epoch} steps", leave=False, disable=not progress)
-        for i, batch in enumerate(bar):
+        for i, whole in enumerate(bar):
+            if i < skip:  # resumed mid-epoch: these batches were trained before the checkpoint
+                continue
             sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(epoch_batches)
+            batch, weight = _slice_for_process(whole, rank, world, cfg.task)
             batch = to_dev(batch)
-            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(train_model)
+            ctx = contextlib.nullcontext() if sync or sharded else accelerator.no_sync(train_model)
             with ctx:
                 with accelerator.autocast():
                     loss = train_model(**batch).loss
-                if cfg.inject_nan_step is not None and step + 1 == cfg.inject_nan_step:
+                if cfg.inject_nan_step is not None and step + 1 == cfg.inject_nan_step or nan_at == step + 1:
                     loss = loss * float("nan")
-                if not torch.isfinite(loss.detach()):
-                    _finish_epoch(record, epoch, losses, None, norms, branch, t0, tokens, sampler, adapted)
-                    raise Diverged(f"non-finite loss {loss.item()} at epoch {epoch}, step {step + 1}")
-                accelerator.backward(loss / cfg.grad_accum)
-            losses.append(loss.item())
-            tokens += data.count_tokens(batch)
+                # This process's share of the global batch's mean loss, times the processes (DDP
+                # and FSDP average gradients over them): the gradient of the global-batch mean,
+                # whatever the split, and 0 for a stand-in row on a process without examples.
+                share = loss * (weight * world)
+                bad = torch.tensor(float(not torch.isfinite(loss.detach())))
+                totals = distributed.all_reduce_sum(torch.stack([share.detach().float().cpu() / world, bad]))
+                if totals[1] > 0:  # non-finite on some process: every process stops here, together
+                    _finish_epoch(record, epoch, acc, None, t0, sampler, adapted)
+                    raise Diverged(f"non-finite loss at epoch {epoch}, step {step + 1}"
+                                   + (f" (on {int(totals[1])} of {world} processes)" if world > 1 else ""))
+                accelerator.backward(share / cfg.grad_accum)
+            acc["losses"].append(float(totals[0]))
+            acc["tokens"] += data.count_tokens(batch) if weight > 0 else 0
             if not sync:
                 continue
             # Clip first: it scales every gradient alike, so the hybrid's lambda (a ratio of
-            # norms) is unchanged, and the uRNN manifold step sees bounded gradients.
-            norm = accelerator.clip_grad_norm_(list(params.values()), cfg.clip_norm or float("inf"))
-            norms.append(float(norm))
+            # norms) is unchanged, and the uRNN manifold step sees bounded gradients. The norm is
+            # the global one (DDP: gradients already averaged; FSDP: over the shards).
+            norm = _clip(accelerator, params, cfg.clip_norm, sharded)
+            acc["norms"].append(norm)
             adapted.before_step()
             optimizer.step()
             scheduler.step()
             adapted.after_step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            diag = adapted.diagnostics()
+            diag = adapted.step_diagnostics()
             for k in ("grad_norm_lora", "grad_norm_boft"):
                 if k in diag:
-                    branch.setdefault(k, []).append(float(diag[k]))
+                    acc["branch"].setdefault(k, []).append(float(diag[k]))
             if lambda_log is not None and "lambda" in diag:
                 for layer, lam in diag["lambda"].items():
                     lambda_log.setdefault(layer, []).append(float(lam))
-            record["steps"].append({"step": step, "epoch": epoch, "loss": losses[-1], "grad_norm": norms[-1],
+            record["steps"].append({"step": step, "epoch": epoch, "loss": acc["losses"][-1], "grad_norm": norm,
                                     "lr": scheduler.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", gnorm=f"{norms[-1]:.2f}")
-        val_loss = _validation_loss(train_model, val_batches, to_dev, accelerator)
-        _finish_epoch(record, epoch, losses, val_loss, norms, branch, t0, tokens, sampler, adapted)
+            bar.set_postfix(loss=f"{acc['losses'][-1]:.3f}", gnorm=f"{norm:.2f}")
+            if (cfg.checkpoint and cfg.checkpoint_every and out is not None and step % cfg.checkpoint_every == 0
+                    and i + 1 < len(epoch_batches)):
+                _save_checkpoint(out / CHECKPOINT_DIR, adapted, optimizer, scheduler, record, sharded, rank,
+                                 {"epoch": epoch, "skip": i + 1, "step": step, "partial": acc})
+                _exit_hook("HUPEFT_EXIT_AFTER_STEP", step)
+        skip = 0
+        val_loss = _validation_loss(train_model, val_batches, to_dev, accelerator, rank, world, cfg.task)
+        _finish_epoch(record, epoch, acc, val_loss, t0, sampler, adapted)
         epochs_bar.set_postfix(train=f"{record['epochs'][-1]['train_loss']:.3f}", val=f"{val_loss:.3f}")
-        if cfg.checkpoint and out is not None and accelerator.is_main_process:
-            _save_checkpoint(out / CHECKPOINT_DIR, adapted, optimizer, scheduler, record, epoch, step)
-            if os.environ.get("HUPEFT_EXIT_AFTER_EPOCH") == str(epoch):
-                os._exit(137)  # tests: behave like a process killed right after this checkpoint
+        if cfg.checkpoint and out is not None:
+            _save_checkpoint(out / CHECKPOINT_DIR, adapted, optimizer, scheduler, record, sharded, rank,
+                             {"epoch": epoch + 1, "skip": 0, "step": step, "partial": None})
+            _exit_hook("HUPEFT_EXIT_AFTER_EPOCH", epoch)
+    record["distributed"]["replica_checksums"] = _replica_checksums(params, accelerator, sharded)
 
-    # 5. Score ---------------------------------------------------------------------------
-    final = accelerator.unwrap_model(train_model)
+    # 5. Save and score ------------------------------------------------------------------
+    with distributed.full_parameters(adapted.model):  # every process, under FSDP
+        record["diagnostics"] = {k: v for k, v in adapted.diagnostics().items() if k != "lambda"}
+    final = adapted
+    if sharded:
+        # A plain copy on the main process from the gathered state (FSDP's parameters stay
+        # DTensors in state dicts, and its forward would need every process): it alone saves and
+        # scores, each example once.
+        state = distributed.full_state(adapted.model)
+        if accelerator.is_main_process:
+            final = _rebuild(cfg, bench, adapted, state, accelerator.device)
+    # No collective from here on: the other processes return (a process group's timeout could
+    # otherwise cut a long evaluation short) and the launch ends when the main process does.
+    if accelerator.is_main_process:
+        if cfg.save_adapter and out is not None:
+            final.save(out / ADAPTER_DIR)
+            record["adapter"] = ADAPTER_DIR  # hupeft.methods.load(base model, OUT/adapter)
+        _score(cfg, record, out, bench, accelerator.unwrap_model(train_model) if final is adapted else final.model,
+               tok, splits, progress)
+
+
+def _rebuild(cfg: RunConfig, bench, adapted, state: dict, device):
+    """The trained model unsharded: the base loaded again, the method applied (its initial factors
+    come from `state`), and every parameter and buffer set from the gathered state."""
+    from . import methods, models
+
+    model = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2, seed=cfg.seed).model
+    fresh = methods.apply(model, cfg.method, adapted.options, init_batches=None)
+    fresh.model.to(device)
+    fresh.model.load_state_dict(state)
+    fresh.model.eval()
+    return fresh
+
+
+def _score(cfg: RunConfig, record: RunRecord, out: Path | None, bench, final, tok, splits, progress: bool) -> None:
+    from . import data
+
     final.eval()
     eval_cut = data.Truncation()
     scores = bench.evaluate(final, tok, splits.eval, task=cfg.task, batch_size=cfg.eval_batch_size,
@@ -217,7 +291,72 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
         from hupeft.sandbox import isolation
 
         record["code_isolation"] = isolation()
-    record["diagnostics"] = {k: v for k, v in adapted.diagnostics().items() if k != "lambda"}
+
+
+ADAPTER_DIR = "adapter"
+
+
+def _slice_for_process(whole: dict, rank: int, world: int, task: str) -> tuple[dict, float]:
+    """This process's rows of a global batch (contiguous, sizes differing by at most one) and its
+    weight: its share of the batch's loss terms (target tokens, or examples for seq-cls), so that
+    the shares' weighted losses add up to the global batch's mean. A process left without rows
+    (a last batch smaller than the processes) runs a stand-in row with weight 0: it still takes
+    part in every collective, and adds nothing."""
+    n = whole["input_ids"].shape[0]
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    if hi == lo:
+        return {k: v[:1] for k, v in whole.items()}, 0.0
+    part = {k: v[lo:hi] for k, v in whole.items()}
+    return part, _loss_terms(part, task) / _loss_terms(whole, task)
+
+
+def _loss_terms(batch: dict, task: str) -> int:
+    """How many terms the model's mean loss averages: shifted target tokens, or examples."""
+    from .data import IGNORE
+
+    labels = batch["labels"]
+    return int((labels[:, 1:] != IGNORE).sum()) if task == "causal-lm" else int(labels.shape[0])
+
+
+def _clip(accelerator, params: dict, clip_norm: float, sharded: bool) -> float:
+    import torch
+
+    limit = clip_norm or float("inf")
+    if sharded:  # DTensor gradients: torch computes the norm over every shard
+        norm = torch.nn.utils.clip_grad_norm_(list(params.values()), limit)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    else:
+        norm = accelerator.clip_grad_norm_(list(params.values()), limit)
+    return float(norm)
+
+
+def _replica_checksums(params: dict, accelerator, sharded: bool) -> list[list[float]] | None:
+    """Per process, (sum, sum of squares) of its trainable parameters: equal rows mean every
+    replica ended with the same weights. None under FSDP, where each process holds a shard."""
+    import torch
+
+    if sharded:
+        return None
+    vals = [p.detach().double() for p in params.values()]
+    mine = torch.stack([sum(v.sum() for v in vals), sum(v.pow(2).sum() for v in vals)]).to(accelerator.device)
+    return accelerator.gather(mine[None]).cpu().tolist()
+
+
+def _nan_hook(rank: int) -> int | None:
+    """Test hook: HUPEFT_INJECT_NAN=RANK:STEP makes that process's loss NaN at that optimiser step
+    (the config's inject_nan_step does it on every process)."""
+    spec = os.environ.get("HUPEFT_INJECT_NAN", "")
+    if ":" not in spec:
+        return None
+    r, s = spec.split(":", 1)
+    return int(s) if int(r) == rank else None
+
+
+def _exit_hook(name: str, value: int) -> None:
+    """Test hook: with the variable `name` set to `value`, every process exits right after the
+    checkpoint just written, as a preempted job would (HUPEFT_EXIT_AFTER_EPOCH, ..._AFTER_STEP)."""
+    if os.environ.get(name) == str(value):
+        os._exit(137)
 
 
 GENERATIONS_NAME = "generations.jsonl"
@@ -245,23 +384,32 @@ def _record_truncation(record: RunRecord, **parts) -> None:
         info.setdefault("longest_tokens", {})[part] = cut.longest
 
 
-def _validation_loss(model, val_batches, to_dev, accelerator) -> float:
+def _validation_loss(model, val_batches, to_dev, accelerator, rank: int, world: int, task: str) -> float:
+    """Mean over validation batches of each batch's mean loss; each process scores its slice of
+    every batch, and the slices' weighted losses are summed over the processes once at the end."""
     import torch
+
+    from . import distributed
 
     model.eval()
-    total, count = 0.0, 0
+    shares = []
     with torch.no_grad():
         for b in val_batches:
+            part, weight = _slice_for_process(b, rank, world, task)
             with accelerator.autocast():
-                total += model(**to_dev(b)).loss.item()
-            count += 1
+                shares.append(model(**to_dev(part)).loss.float().cpu() * weight)
     model.train()
-    return total / max(count, 1)
+    if not shares:
+        return 0.0
+    return float(distributed.all_reduce_sum(torch.stack(shares)).mean())
 
 
-def _finish_epoch(record, epoch, losses, val_loss, norms, branch, t0, tokens, sampler, adapted) -> None:
+def _finish_epoch(record, epoch, acc, val_loss, t0, sampler, adapted) -> None:
     import torch
 
+    from . import distributed
+
+    losses, norms, branch, tokens = acc["losses"], acc["norms"], acc["branch"], acc["tokens"]
     seconds = time.perf_counter() - t0
     if sampler is None:
         peak, kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
@@ -274,12 +422,13 @@ def _finish_epoch(record, epoch, losses, val_loss, norms, branch, t0, tokens, sa
              "peak_memory_bytes": int(peak), "memory_kind": kind}
     for k, v in branch.items():
         entry[k] = sum(v) / len(v)
-    diag = adapted.diagnostics()
-    for k in ("orthogonality_error", "renormalisations"):
-        if diag.get(k) is not None:
-            entry[k] = float(diag[k])
-    # How far each layer's effective weight (and the uRNN's U, the hybrid's branches) moved.
-    entry.update(adapted.movement())
+    with distributed.full_parameters(adapted.model):  # whole parameters under FSDP (every process)
+        diag = adapted.diagnostics()
+        for k in ("orthogonality_error", "renormalisations"):
+            if diag.get(k) is not None:
+                entry[k] = float(diag[k])
+        # How far each layer's effective weight (and the uRNN's U, the hybrid's branches) moved.
+        entry.update(adapted.movement())
     record["epochs"].append(entry)
 
 
@@ -300,38 +449,79 @@ def _rng_state() -> dict:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def _save_checkpoint(folder: Path, adapted, optimizer, scheduler, record, epoch: int, step: int) -> None:
-    """Everything needed to continue after `epoch`, written to a temporary folder then renamed."""
+def _save_checkpoint(folder: Path, adapted, optimizer, scheduler, record, sharded: bool, rank: int,
+                     position: dict) -> None:
+    """Everything needed to continue from `position` (the epoch to run, the global batches of it
+    already trained, the step count and the epoch's running sums), written to a temporary folder
+    then renamed. The main process writes `state.pt` (position, schedule, the record so far, and
+    outside FSDP the trainable state and optimiser); under FSDP every process writes its shards
+    of the trainable state and optimiser with torch.distributed.checkpoint into `sharded/`, and
+    its own RNG state."""
     import shutil
-    import tempfile
 
     import torch
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".checkpoint-"))
-    try:
-        state = {k: v.detach().cpu().clone() for k, v in adapted.adapter_state().items()}
-        torch.save({"adapter": state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(), "epoch": epoch, "step": step,
-                    "record": {k: record[k] for k in ("epochs", "steps", "hybrid_lambda")}}, tmp / "state.pt")
+    from . import distributed
+
+    tmp = folder.with_name(".checkpoint-partial")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    distributed.barrier()
+    meta = {"scheduler": scheduler.state_dict(), "rng": _rng_state(), **position,
+            "record": {k: record[k] for k in ("epochs", "steps", "hybrid_lambda")}}
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+
+        model_state, optim_state = _sharded_state(adapted, optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "sharded"))
+        torch.save(_rng_state(), tmp / f"rng{rank}.pt")
+    elif rank == 0:
+        meta["adapter"] = {k: v.detach().cpu().clone() for k, v in adapted.adapter_state().items()}
+        meta["optimizer"] = optimizer.state_dict()
+    distributed.barrier()
+    if rank == 0:
+        torch.save(meta, tmp / "state.pt")
         old = folder.with_name(folder.name + ".old")
         if folder.exists():
             os.replace(folder, old)
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    distributed.barrier()
 
 
-def _load_checkpoint(folder: Path, adapted, optimizer, scheduler, record) -> tuple[int, int]:
+def _sharded_state(adapted, optimizer):
+    """The model's trainable state (frozen base weights are not checkpointed: they reload from
+    the model) and the optimiser's, as DTensor shards keyed by parameter name."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    opts = StateDictOptions(ignore_frozen_params=adapted.method != "full")
+    return get_state_dict(adapted.model, optimizer, options=opts)
+
+
+def _load_checkpoint(folder: Path, adapted, optimizer, scheduler, record, sharded: bool,
+                     rank: int) -> tuple[int, int, int, dict | None]:
+    """Restore a checkpoint; (epoch to run, step, global batches of it to skip, its running sums)."""
     import numpy as np
     import torch
 
     ck = torch.load(folder / "state.pt", weights_only=False)
-    adapted.load_adapter_state(ck["adapter"])
-    optimizer.load_state_dict(ck["optimizer"])
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        model_state, optim_state = _sharded_state(adapted, optimizer)
+        dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder / "sharded"))
+        # Not strict: the frozen base is not in the checkpoint (dcp.load above already refused a
+        # checkpoint that lacks any key of the trainable state).
+        set_state_dict(adapted.model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                       options=StateDictOptions(ignore_frozen_params=adapted.method != "full", strict=False))
+        rng = torch.load(folder / f"rng{rank}.pt", weights_only=False)
+    else:
+        adapted.load_adapter_state(ck["adapter"])
+        optimizer.load_state_dict(ck["optimizer"])
+        rng = ck["rng"]
     scheduler.load_state_dict(ck["scheduler"])
-    rng = ck["rng"]
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
@@ -339,8 +529,9 @@ def _load_checkpoint(folder: Path, adapted, optimizer, scheduler, record) -> tup
         torch.cuda.set_rng_state_all(rng["cuda"])
     for k, v in ck["record"].items():
         record[k] = v
-    record["resumed_from_epoch"] = ck["epoch"]
-    return ck["epoch"] + 1, ck["step"]
+    record["resumed_from_epoch"] = ck["epoch"] - 1  # epochs complete at the checkpoint
+    record["resumed_from_step"] = ck["step"]
+    return ck["epoch"], ck["step"], ck["skip"], ck["partial"]
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -376,7 +567,12 @@ def cli_main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"hupeft run: {e}", file=sys.stderr)
         return 2
+    if (cfg.processes or 1) > 1 and distributed.launched_world() == 1:
+        # Start the processes through accelerate; each runs this same command inside the launch.
+        return 0 if distributed.launch(argv, cfg.processes, cfg.strategy) == 0 else 1
     record = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if not distributed.is_main_process():
+        return 0 if record["status"] == "ok" else 1
     scores = ", ".join(f"{k}={v:.4f}" for k, v in record["scores"].items())
     print(f"{record['status']}: {args.out}/{RECORD_NAME}" + (f" ({scores})" if scores else ""))
     if record["error"]:

@@ -7,8 +7,6 @@ three calls.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from .config import RunConfig, validate
@@ -22,24 +20,38 @@ def make_config(model: str, method: str, benchmark: str, seed: int = 0, preset: 
 
 
 def run(cfg: RunConfig, out_dir: str | Path, gpus: int = 1) -> dict:
-    """One run; with gpus > 1 (and that many GPUs here) under `accelerate launch`."""
+    """One run, in this process; or under `accelerate launch` (hupeft.distributed) with the
+    config's `processes` above 1, or with `gpus` above 1 where that many GPUs are here."""
     import torch
 
+    from . import distributed
     from .experiment import run as run_in_process
 
     out = Path(out_dir)
-    if gpus > 1 and torch.cuda.device_count() >= gpus:
-        sets = [f"{k}={json.dumps(v)}" for k, v in cfg.to_dict().items()
-                if k not in ("model", "method", "benchmark", "seed", "method_options")]
-        sets += [f"method.{k}={json.dumps(v)}" for k, v in cfg.method_options.items()]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus),
-               "-m", "hupeft.experiment", "--model", cfg.model, "--method", cfg.method,
-               "--benchmark", cfg.benchmark, "--seed", str(cfg.seed), "--out", str(out), "--resume"]
-        for s in sets:
-            cmd += ["--set", s]
-        subprocess.run(cmd, check=False)
+    processes = cfg.processes or (gpus if 1 < gpus <= torch.cuda.device_count() else 1)
+    if processes > 1 and distributed.launched_world() == 1:
+        distributed.launch(command_line(cfg, out) + ["--set", f"processes={processes}"], processes, cfg.strategy)
         return read_record(out / RECORD_NAME)
     return dict(run_in_process(cfg, out, resume=True))
+
+
+def command_line(cfg: RunConfig, out: Path) -> list[str]:
+    """The `hupeft run` arguments (without the command) that give this config."""
+    def text(v) -> str:
+        if v is None:
+            return "none"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, (list, tuple)):
+            return ",".join(map(str, v))
+        return json.dumps(v) if isinstance(v, dict) else str(v)
+
+    argv = ["--model", cfg.model, "--method", cfg.method, "--benchmark", cfg.benchmark, "--seed", str(cfg.seed),
+            "--out", str(out), "--resume", "--quiet"]
+    for k, v in cfg.to_dict().items():
+        if k not in ("model", "method", "benchmark", "seed", "method_options", "processes"):
+            argv += ["--set", f"{k}={text(v)}"]
+    return argv + [x for k, v in cfg.method_options.items() for x in ("--set", f"method.{k}={text(v)}")]
 
 
 def show(record: dict) -> None:

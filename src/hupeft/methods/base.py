@@ -9,7 +9,8 @@ returns an `Adapted` handle. The training loop only ever talks to that handle:
     adapted.before_step()   # reads gradients: the hybrid's lambda update
     opt.step()              # the uRNN's manifold step happens here (UnitaryAdamW)
     adapted.after_step()
-    adapted.diagnostics()   # lambda per layer, orthogonality error, ...
+    adapted.step_diagnostics()  # every step: the hybrid's lambda per layer, branch norms
+    adapted.diagnostics()   # lambda per layer, orthogonality error, ... (whole parameters)
     adapted.movement()      # how far each layer's effective weight moved (dense: once an epoch)
 
 Our own adapters (boft, urnn, hybrid, loraga) replace each targeted `nn.Linear` by an
@@ -199,6 +200,11 @@ class Adapted:
 
     def after_step(self) -> None:
         """After optimizer.step(). Default: nothing."""
+
+    def step_diagnostics(self) -> dict[str, Any]:
+        """What is logged after every optimiser step: cheap, no collective, nothing that needs a
+        whole sharded parameter (the hybrid's lambda per layer and branch gradient norms)."""
+        return {}
 
     def diagnostics(self) -> dict[str, Any]:
         """Flat dict of numbers (and, for the hybrid, `lambda`: {layer: value})."""

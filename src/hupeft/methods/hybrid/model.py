@@ -28,6 +28,17 @@ def next_lambda(lam: float, g_lora: float, g_boft: float, opts: HybridOptions) -
     return min(max(new, opts.lambda_min), 1.0 - opts.lambda_min)
 
 
+def _sharded(layers: dict[str, HybridLinear]) -> bool:
+    return any(hasattr(l.lora_A.grad, "to_local") for l in layers.values())
+
+
+def _local_sq(params) -> torch.Tensor:
+    """Sum of squares of this process's part of the parameters' gradients (fp32, on the CPU)."""
+    sq = [(g.to_local() if hasattr(g, "to_local") else g).detach().float().pow(2).sum().cpu()
+          for g in (p.grad for p in params) if g is not None]
+    return torch.stack(sq).sum() if sq else torch.zeros(())
+
+
 def _norm(params) -> torch.Tensor:
     sq = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]
     return torch.stack(sq).sum().sqrt() if sq else torch.zeros(())
@@ -86,9 +97,12 @@ class HybridAdapted(Adapted):
         if not layers:
             return
         rule = self.options.lambda_rule
-        # Every number in one tensor, read back in one transfer rather than one sync per layer; a
-        # device map may spread layers over several GPUs, so each row goes to the CPU first.
-        rows = torch.stack([torch.stack([v.float().cpu() for v in measure(l, rule)]) for l in layers.values()])
+        if _sharded(layers):
+            rows = self._measure_sharded(layers, rule)
+        else:
+            # Every number in one tensor, read back in one transfer rather than one sync per layer;
+            # a device map may spread layers over several GPUs, so each row goes to the CPU first.
+            rows = torch.stack([torch.stack([v.float().cpu() for v in measure(l, rule)]) for l in layers.values()])
         for (name, layer), (g_l, g_b, _, _) in zip(layers.items(), rows.tolist()):
             lam = next_lambda(float(layer.lam), g_l, g_b, self.options)
             # Log the value the buffer holds (rounded to its dtype), so the history, diagnostics()
@@ -98,6 +112,32 @@ class HybridAdapted(Adapted):
             self.lambda_history.setdefault(name, []).append(lam)
         total = rows[:, 2:].pow(2).sum(0).sqrt().tolist()
         self._norms = {"grad_norm_lora": total[0], "grad_norm_boft": total[1]}
+
+    def _measure_sharded(self, layers: dict[str, HybridLinear], rule: str) -> torch.Tensor:
+        """`measure` of every layer when FSDP shards parameters and gradients: the same numbers on
+        every process. Norms: each shard's sum of squares, summed over the processes. The slope
+        rule needs whole weights and gradients, so it gathers them (every process, same order)."""
+        from ... import distributed
+
+        if rule != "slope":
+            sq = torch.stack([torch.stack([_local_sq(l.lora_parameters()), _local_sq(l.boft_parameters())])
+                              for l in layers.values()])
+            norms = distributed.all_reduce_sum(sq).sqrt() * torch.tensor([1.0, SKEW])
+            return torch.cat([norms, norms], dim=1)
+        owners = [(l, n) for l in layers.values() for n in ("lora_A", "lora_B")]
+        owners += [(l.rotation, "theta") for l in layers.values()]
+        grads = [getattr(m, n).grad for m, n in owners]
+        grads = [g.full_tensor() if g is not None else None for g in grads]
+        with distributed.full_parameters(self.model):
+            for (m, n), g in zip(owners, grads):  # whole gradients on the gathered parameters
+                getattr(m, n).grad = g
+            rows = torch.stack([torch.stack([v.float().cpu() for v in measure(l, rule)]) for l in layers.values()])
+            for m, n in owners:
+                getattr(m, n).grad = None
+        return rows
+
+    def step_diagnostics(self) -> dict:
+        return {"lambda": self.lambdas(), **self._norms}
 
     def lambdas(self) -> dict[str, float]:
         return {n: float(l.lam) for n, l in self.hybrid_layers().items()}

@@ -46,24 +46,35 @@ class UnitaryAdamW(torch.optim.AdamW):
         if "u_step" not in state:
             state.update(u_step=0, u_exp_avg=torch.zeros_like(p), u_exp_avg_sq=torch.zeros_like(p),
                          renormalisations=0)
-        grad, lr = p.grad.float(), group["lr"]
+        # Under FSDP, p, its gradient and the moments are DTensors sharded over whole blocks (dim 0):
+        # each process steps its own blocks (the step is blockwise) on the local parts.
+        grad, lr = _local(p.grad).float(), group["lr"]
         if group["manifold_step"] == "adam":
             beta1, beta2 = group["betas"]
             state["u_step"] += 1
             t = state["u_step"]
-            state["u_exp_avg"].lerp_(grad, 1 - beta1)
-            state["u_exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            m_hat = state["u_exp_avg"] / (1 - beta1 ** t)
-            v_hat = state["u_exp_avg_sq"] / (1 - beta2 ** t)
+            exp_avg, exp_avg_sq = _local(state["u_exp_avg"]), _local(state["u_exp_avg_sq"])
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            m_hat = exp_avg / (1 - beta1 ** t)
+            v_hat = exp_avg_sq / (1 - beta2 ** t)
             direction, eta = m_hat / (v_hat.sqrt() + group["eps"]), lr / 2
         else:
             direction, eta = grad, lr
-        u = torch.view_as_complex(p.data)
+        here = _local(p.data)
+        if here.numel() == 0:  # this process holds none of the blocks
+            return
+        u = torch.view_as_complex(here)
         new, reprojected = manifold_step(u, torch.view_as_complex(direction.contiguous()), eta, group["renorm_tol"])
-        p.copy_(torch.view_as_real(new))
+        here.copy_(torch.view_as_real(new))
         state["renormalisations"] += int(reprojected)
 
     def renormalisations(self) -> int:
         """How many times a unitary block drifted past `renorm_tol` and was re-projected."""
         return sum(int(self.state[p].get("renormalisations", 0))
                    for g in self.param_groups if g.get("unitary") for p in g["params"])
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a (possibly FSDP-sharded) tensor, sharing its storage."""
+    return t.to_local() if hasattr(t, "to_local") else t

@@ -1,0 +1,195 @@
+"""Runs over several processes: the strategy (DDP, FSDP, DeepSpeed), starting the processes through
+`accelerate launch`, and the few collectives the training loop needs.
+
+One engine, accelerate: `hupeft run --set processes=N --set strategy=fsdp` re-runs the same command
+under `accelerate launch` with the repository's config for that strategy
+(hupeft/accelerate_configs/), which is what a user runs by hand on GPUs:
+
+    accelerate launch --config_file src/hupeft/accelerate_configs/fsdp.yaml --num_processes 8 \\
+        -m hupeft.experiment --model ... --method ... --benchmark ... --out ... --set strategy=fsdp
+
+Why FSDP is applied here and not by accelerate's plugin: accelerate 1.15 only switches a launch to
+FSDP on GPU-class devices (state.py maps every multi-process CPU run to MULTI_CPU, and
+`Accelerator(cpu=True)` then ignores the FSDP plugin), so the plugin cannot shard the runs this
+repository tests. We call the primitive its FSDP2 path calls, torch's `fully_shard`, once per
+decoder layer and once at the root, on CPU and GPU alike; accelerate still starts the processes,
+sets up the process group, places devices and runs autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+STRATEGIES = ("auto", "single", "ddp", "fsdp", "fsdp_offload", "deepspeed")
+SHARDED = ("fsdp", "fsdp_offload")
+CONFIGS = Path(__file__).parent / "accelerate_configs"
+
+
+class LaunchError(ValueError):
+    """A strategy or process count that cannot run here; one line naming the fix."""
+
+
+def launched_world() -> int:
+    """Processes in the running launch (1 outside `accelerate launch` / torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launch, or the only process: the one that writes records and files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resolve(strategy: str, world: int) -> str:
+    """The strategy this launch runs: an explicit one, or ("auto") what the accelerate config
+    asked for (its environment variables), DDP for several processes, else a single process."""
+    if strategy != "auto":
+        return strategy if world > 1 or strategy == "deepspeed" else "single"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and world > 1:
+        offload = os.environ.get("FSDP_OFFLOAD_PARAMS", "").lower() == "true"
+        return "fsdp_offload" if offload else "fsdp"
+    return "ddp" if world > 1 else "single"
+
+
+def check(strategy: str, processes: int | None) -> None:
+    """Refuse what cannot run, before anything loads."""
+    if strategy not in STRATEGIES:
+        raise LaunchError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    if processes is not None and processes < 1:
+        raise LaunchError(f"processes must be >= 1 or none, got {processes}; e.g. --set processes=2")
+    world = launched_world()
+    if strategy == "single" and max(processes or 1, world) > 1:
+        raise LaunchError("strategy=single runs one process; use strategy=ddp or fsdp with several processes")
+    if processes is not None and world > 1 and processes != world:
+        raise LaunchError(f"processes={processes} but this launch has {world} processes; drop --set processes "
+                          "or launch that many")
+    if strategy == "fsdp_offload":
+        import torch
+
+        if not torch.cuda.is_available():  # torch's CPUOffloadPolicy needs an accelerator to offload from
+            raise LaunchError("strategy=fsdp_offload keeps GPU shards in CPU memory and needs a GPU; "
+                              "on the CPU use strategy=fsdp")
+    if strategy == "deepspeed":
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise LaunchError("strategy=deepspeed needs DeepSpeed: pip install 'hupeft[deepspeed]' "
+                              "(or pick strategy=fsdp)")
+
+
+def config_file(strategy: str) -> Path:
+    """The repository's accelerate config for a strategy (single and auto use DDP's)."""
+    name = strategy if strategy in ("ddp", "fsdp", "fsdp_offload", "deepspeed") else "ddp"
+    return CONFIGS / f"{name}.yaml"
+
+
+def launch_command(argv: list[str], processes: int, strategy: str) -> list[str]:
+    """`accelerate launch` of `hupeft.experiment` with the same arguments, N processes. Without
+    GPUs, accelerate runs them on the CPU with gloo."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file(strategy)),
+           "--num_processes", str(processes), "--main_process_port", str(_free_port())]
+    return cmd + ["-m", "hupeft.experiment", *argv]
+
+
+def launch(argv: list[str], processes: int, strategy: str) -> int:
+    """Start the processes and wait; their exit status (0 only if every process succeeded)."""
+    return subprocess.run(launch_command(argv, processes, strategy), check=False).returncode
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- sharding ---------------------------------------------------------------------------------
+
+
+def _decoder_layers(model) -> list:
+    """The blocks each get their own FSDP unit: the classes a transformers model names in
+    `_no_split_modules` (what accelerate's TRANSFORMER_BASED_WRAP wraps by default)."""
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard(model, strategy: str, device, precision: str):
+    """FSDP2 over every process: each decoder layer a unit, then the root (embeddings, head).
+    Parameters become DTensors sharded on dim 0; the optimiser must be built afterwards."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(torch.device(device).type, (launched_world(),))
+    kw = {"mesh": mesh}
+    if precision in ("bf16", "fp16"):
+        # Compute in low precision, reduce gradients and keep the sharded master weights in fp32.
+        low = torch.bfloat16 if precision == "bf16" else torch.float16
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
+    if strategy == "fsdp_offload":
+        kw["offload_policy"] = CPUOffloadPolicy()
+    for layer in _decoder_layers(model):
+        fully_shard(layer, **kw)
+    fully_shard(model, **kw)
+    return model
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+@contextlib.contextmanager
+def full_parameters(model):
+    """Every FSDP unit gathered, so parameters are whole plain tensors inside (for diagnostics,
+    movement, saving, evaluation); a no-op for an unsharded model. Collective: every rank enters."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for u in units:
+        u.set_reshard_after_forward(False)  # forwards inside (generation) reuse the gathered weights
+        u.unshard()
+    try:
+        yield model
+    finally:
+        for u in units:
+            u.reshard()
+            u.set_reshard_after_forward(True)
+
+
+def full_state(model) -> dict:
+    """The whole state dict of a sharded model, in full precision, on the main process's CPU (an
+    empty dict elsewhere). Collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def local(t):
+    """This rank's part of a tensor: the local shard of a DTensor, else the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def all_reduce_sum(t):
+    """`t` summed over the processes (in place, returned); unchanged in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,225 @@
+"""Two processes on gloo through accelerate (DDP and FSDP2) against one process with the same global
+batch: the same trained weights, one record, a divergence on one process stopping both, and a
+sharded mid-epoch checkpoint resumed to the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hupeft import distributed
+from hupeft.experiment import run
+from hupeft.records import read_record
+
+METHODS = ["full", "lora", "loraga", "boft", "urnn", "urnn-structured", "hybrid"]
+# Each trained run by name: the method and its options (the hybrid's default lambda rule gathers
+# whole weights under FSDP; the paper's rule sums squared gradient shards over the processes).
+RUNS = {**{m: (m, {}) for m in METHODS}, "hybrid-paper": ("hybrid", {"lambda_rule": "paper"})}
+STRATEGIES = ["ddp", "fsdp"]
+# 8 examples, 2 per process and step: 2 steps of a global batch of 4; a checkpoint after step 1.
+BASE = dict(model="tiny-llama", benchmark="glue/sst2", seed=1, epochs=1, n_train=8, n_val=4, n_eval=4,
+            max_len=48, lr=1e-3, init_batches=2, warmup_ratio=0.0)
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 600
+
+
+def env() -> dict:
+    src = str(ROOT / "src")
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def cli(args: list[str], extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """`hupeft run` as a user types it (it launches the processes itself)."""
+    return subprocess.run([sys.executable, "-m", "hupeft", "run", *args, "--quiet"], env={**env(), **(extra_env or {})},
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def as_args(cfg: dict) -> list[str]:
+    out = ["--model", cfg["model"], "--method", cfg["method"], "--benchmark", cfg["benchmark"],
+           "--seed", str(cfg["seed"])]
+    for k, v in cfg.items():
+        if k not in ("model", "method", "benchmark", "seed"):
+            out += ["--set", f"{k}={v}"]
+    return out
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a saved adapter (or full model) folder."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    assert state, f"nothing saved in {folder}"
+    return state
+
+
+def assert_same_weights(a: dict, b: dict, rel: float = 1e-4) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        diff = (a[k].double() - b[k].double()).norm()
+        assert diff <= rel * b[k].double().norm() + 1e-7, f"{k}: |a - b| = {diff:.3g} of |b| = {b[k].norm():.3g}"
+
+
+def trained(a: dict, start: dict) -> bool:
+    return any(not torch.equal(a[k], start[k]) for k in a)
+
+
+# 9 examples, 2 processes of 2: the last global batch has one example, so process 1 runs a
+# stand-in row weighted 0.
+UNEVEN = {**BASE, "method": "lora", "n_train": 9}
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """In one launch of 2 processes of batch 2: every method under DDP and FSDP, the uneven
+    case, and a NaN on process 1 only; and one process of batch 4 (the same global batch) per
+    method and for the uneven case, in this process."""
+    root = tmp_path_factory.mktemp("dist")
+    two = {"batch_size": 2, "processes": 2}
+    specs = [{"config": {**BASE, **two, "method": m, "method_options": o, "strategy": s, "checkpoint_every": 1},
+              "out": str(root / s / name)} for s in STRATEGIES for name, (m, o) in RUNS.items()]
+    specs.append({"config": {**UNEVEN, **two, "strategy": "ddp"}, "out": str(root / "uneven")})
+    specs.append({"config": {**BASE, **two, "method": "boft", "strategy": "fsdp"}, "out": str(root / "nan"),
+                  "env": {"HUPEFT_INJECT_NAN": "1:2"}})  # process 1, optimiser step 2
+    (root / "runs.json").write_text(json.dumps(specs))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(distributed.config_file("ddp")),
+           "--num_processes", "2", "--main_process_port", str(distributed._free_port()),
+           str(ROOT / "tests" / "distributed_runs.py"), str(root / "runs.json")]
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name, (m, o) in RUNS.items():
+        run({**BASE, "method": m, "method_options": o, "batch_size": 4}, root / "one" / name, progress=False)
+    run({**UNEVEN, "batch_size": 4}, root / "one" / "uneven", progress=False)
+    return root
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("method", RUNS)
+def test_two_processes_train_like_one_with_the_same_global_batch(launched, method, strategy):
+    one, two = launched / "one" / method, launched / strategy / method
+    ref, rec = read_record(one / "record.json"), read_record(two / "record.json")
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["distributed"]["world_size"] == 2 and rec["distributed"]["strategy"] == strategy
+    assert rec["distributed"]["per_device_batch"] == 2 and rec["distributed"]["global_batch"] == 4
+    assert ref["distributed"]["world_size"] == 1 and ref["distributed"]["global_batch"] == 4
+    assert len(rec["steps"]) == len(ref["steps"]) == 2
+    for a, b in zip(rec["steps"], ref["steps"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    if method.startswith("hybrid"):  # lambda from globally reduced gradient norms: the one process's values
+        for layer, lams in ref["hybrid_lambda"].items():
+            assert rec["hybrid_lambda"][layer] == pytest.approx(lams, abs=1e-5)
+    if strategy == "ddp":  # every replica ended with the same weights
+        rows = rec["distributed"]["replica_checksums"]
+        assert len(rows) == 2 and rows[0] == rows[1]
+    assert rec["epochs"][0]["val_loss"] == pytest.approx(ref["epochs"][0]["val_loss"], rel=1e-5)
+    assert rec["scores"] == ref["scores"]
+    assert not (two / "checkpoint").exists() and not (two / ".checkpoint-partial").exists()
+    assert_same_weights(weights(two / "adapter"), weights(one / "adapter"))
+
+
+def test_saved_adapter_loads_back_and_scores_the_same(launched):
+    """FSDP's adapter, saved by the main process from the gathered state, on a fresh base model."""
+    from hupeft import benchmarks, data, methods, models
+    from hupeft.config import RunConfig, validate
+
+    rec = read_record(launched / "fsdp" / "hybrid" / "record.json")
+    cfg = validate(RunConfig.from_dict({**BASE, "method": "hybrid"}))
+    loaded = models.load("tiny-llama", task=cfg.task, seed=cfg.seed)
+    before = weights(launched / "fsdp" / "hybrid" / "adapter")
+    adapted = methods.load(loaded.model, launched / "fsdp" / "hybrid" / "adapter")
+    assert_same_weights({k: v for k, v in adapted.adapter_state().items() if k in before}, before, rel=0)
+    bench = benchmarks.get(cfg.benchmark)
+    scores = bench.evaluate(adapted.model.eval(), loaded.tokenizer, data.load_splits(bench, cfg).eval,
+                            task=cfg.task, batch_size=cfg.eval_batch_size, progress=False)
+    assert scores == rec["scores"]
+
+
+def test_uneven_last_batch_completes_with_the_weights_of_one_process(launched):
+    rec = read_record(launched / "uneven" / "record.json")
+    assert rec["status"] == "ok" and rec["distributed"]["world_size"] == 2 and len(rec["steps"]) == 3
+    rows = rec["distributed"]["replica_checksums"]
+    assert len(rows) == 2 and rows[0] == rows[1]
+    ref = read_record(launched / "one" / "uneven" / "record.json")
+    for a, b in zip(rec["steps"], ref["steps"], strict=True):  # the stand-in row adds nothing
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert_same_weights(weights(launched / "uneven" / "adapter"), weights(launched / "one" / "uneven" / "adapter"))
+
+
+def test_nan_on_one_process_stops_both_and_records_diverged(launched):
+    """Both processes left the run together (the launch went on to its end and exited 0)."""
+    out = launched / "nan"
+    rec = read_record(out / "record.json")
+    assert rec["status"] == "diverged" and "1 of 2 processes" in rec["error"], rec["error"]
+    assert len(rec["steps"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["record.json"]
+
+
+def test_fsdp_killed_after_a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_result(launched, tmp_path):
+    """`hupeft run --set processes=2` launches the processes itself; all exit after step 1's
+    checkpoint, as a preempted job would, and --resume continues from it."""
+    cfg = {**BASE, "method": "hybrid", "batch_size": 2, "processes": 2, "strategy": "fsdp", "checkpoint_every": 1}
+    args = as_args(cfg) + ["--out", str(tmp_path)]
+    killed = cli(args, {"HUPEFT_EXIT_AFTER_STEP": "1"})
+    assert killed.returncode != 0 and not (tmp_path / "record.json").exists()
+    assert (tmp_path / "checkpoint" / "state.pt").exists() and (tmp_path / "checkpoint" / "sharded").is_dir()
+    resumed = cli(args + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rec, whole = read_record(tmp_path / "record.json"), read_record(launched / "fsdp" / "hybrid" / "record.json")
+    assert rec["resumed_from_step"] == 1 and rec["resumed_from_epoch"] == 0
+    assert rec["steps"] == whole["steps"] and rec["hybrid_lambda"] == whole["hybrid_lambda"]
+    assert rec["scores"] == whole["scores"]
+    assert_same_weights(weights(tmp_path / "adapter"), weights(launched / "fsdp" / "hybrid" / "adapter"), rel=1e-6)
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["strategy=zero"], "strategy must be one of"),
+    (["processes=0"], "processes must be >= 1"),
+    (["strategy=single", "processes=2"], "strategy=single runs one process"),
+    pytest.param(["strategy=fsdp_offload"], "needs a GPU", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="a GPU is here")),
+])
+def test_bad_strategy_or_processes_exit_2_before_launching(sets, message, tmp_path, capsys):
+    from hupeft.experiment import cli_main
+
+    argv = ["--model", "tiny-llama", "--method", "lora", "--benchmark", "glue/sst2", "--out", str(tmp_path / "o")]
+    assert cli_main(argv + [x for s in sets for x in ("--set", s)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_deepspeed_without_the_extra_names_it(tmp_path, capsys):
+    import importlib.util
+
+    from hupeft.experiment import cli_main
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("DeepSpeed is installed here")
+    argv = ["--model", "tiny-llama", "--method", "lora", "--benchmark", "glue/sst2", "--out", str(tmp_path / "o"),
+            "--set", "strategy=deepspeed"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'hupeft[deepspeed]'" in err and len(err.splitlines()) == 1
+
+
+def test_notebook_launch_arguments_give_back_the_config(tmp_path):
+    """What notebook.run hands to `accelerate launch -m hupeft.experiment` parses to the same config."""
+    from hupeft import notebook
+    from hupeft.config import RunConfig, apply_overrides, validate
+    from hupeft.experiment import parser
+
+    cfg = validate(RunConfig(model="tiny-llama", method="hybrid", benchmark="glue/sst2", seed=2, strategy="fsdp",
+                             checkpoint_every=3, lr=3e-4, keep_checkpoint=True, data_dir=None,
+                             method_options={"lambda_rule": "paper", "r": 4}))
+    args = parser().parse_args(notebook.command_line(cfg, tmp_path))
+    back = RunConfig(model=args.model, method=args.method, benchmark=args.benchmark, seed=args.seed)
+    assert validate(apply_overrides(back, args.sets)) == cfg
