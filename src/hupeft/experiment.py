@@ -81,7 +81,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    from . import benchmarks, data, methods, models
+    from . import benchmarks, data, methods, models, precision as prec, quantization
 
     # 1. Seeds, data, model ------------------------------------------------------------
     _seed_everything(cfg.seed)
@@ -91,10 +91,11 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
                                 "stand_in": splits.stand_in, "description": splits.description,
                                 "n_train": len(splits.train), "n_val": len(splits.val), "n_eval": len(splits.eval)}
     cuda = torch.cuda.is_available()
-    precision = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    precision = prec.mixed_precision(cfg.mixed_precision, cfg.dtype, cuda)
     accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
-    loaded = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2,
+    loaded = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2, dtype=prec.weights_dtype(cfg.dtype),
                          quantization=cfg.quantization, seed=cfg.seed,
+                         quant_storage=quantization.storage_dtype(cfg.quantization, getattr(cfg, "strategy", None)),
                          device_map={"": accelerator.device} if cfg.quantization else None)
     model, tok = loaded.model, loaded.tokenizer
     record["config"]["model_source"] = loaded.source
@@ -121,6 +122,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
         init = [to_dev(b) for b in data.batches(train_enc, cfg.batch_size, pad_id, cfg.task, g)[: cfg.init_batches]]
     model.train()
     adapted = methods.apply(model, cfg.method, cfg.method_options, init_batches=init)
+    prec.keep_fp32_master(adapted.model)  # trainable parameters in fp32, whatever the base's dtype
     record["config"]["method_options"] = adapted.options.to_dict()
     params = adapted.trainable_parameters()
     record["params"] = {"trainable": adapted.num_trainable(), "total": adapted.num_total()}

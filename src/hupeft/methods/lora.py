@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..quantization import dense_weight
 from .base import (ADAPTER_CONFIG, Adapted, MethodError, MethodOptions, atomic_write,
                    head_modules, resolve_targets)
 
@@ -78,7 +79,7 @@ class PeftAdapted(Adapted):
         out = {}
         for name, mod in self.model.named_modules():
             if isinstance(mod, LoraLayer) and "default" in mod.lora_A:
-                w0 = mod.get_base_layer().weight.float()
+                w0 = dense_weight(mod.get_base_layer()).float()
                 out[name] = float(mod.get_delta_weight("default").float().norm() / w0.norm())
         return {"weight_change": out}
 
