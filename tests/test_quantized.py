@@ -164,3 +164,20 @@ def test_fsdp_stores_4bit_weights_as_bf16():
     assert cfg.bnb_4bit_quant_storage == torch.bfloat16 and cfg.bnb_4bit_quant_type == "nf4"
     model = models.load("tiny-llama", quantization="4bit", quant_storage=torch.bfloat16).model
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+
+
+def test_run_on_4bit_base_keeps_training_after_validation(tmp_path):
+    """`hupeft run --set quantization=4bit`: epoch 1 ends with a validation pass (a forward without
+    gradients, where bitsandbytes' CPU backend would repack the weights), and in epoch 2 gradients
+    still reach the adapter, whose rotation sits before the base layer (they must cross it)."""
+    import json
+
+    out = tmp_path / "run"
+    argv = ["--model", "tiny-llama", "--method", "boft", "--benchmark", "glue/sst2", "--out", str(out), "--quiet",
+            "--set", "quantization=4bit", "--set", "method.side=input", "--set", "method.scale=false",
+            "--set", "epochs=2", "--set", "n_train=8", "--set", "batch_size=4", "--set", "n_val=4", "--set", "n_eval=4", "--set", "lr=1e-2",
+            "--set", "checkpoint=false"]
+    assert cli_main(argv) == 0
+    record = json.loads((out / "record.json").read_text())
+    assert record["config"]["quantization"] == "4bit" and len(record["steps"]) == 4
+    assert all(s["grad_norm"] > 0 for s in record["steps"]), [s["grad_norm"] for s in record["steps"]]
