@@ -181,3 +181,22 @@ def test_run_on_4bit_base_keeps_training_after_validation(tmp_path):
     record = json.loads((out / "record.json").read_text())
     assert record["config"]["quantization"] == "4bit" and len(record["steps"]) == 4
     assert all(s["grad_norm"] > 0 for s in record["steps"]), [s["grad_norm"] for s in record["steps"]]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lora_merge_on_quantized_base_requantizes_and_says_so(kind):
+    adapted = methods.apply(models.load("tiny-llama", quantization=kind).model, "lora")
+    opt = adapted.optimizer(lr=1e-2)
+    for _ in range(3):
+        adapted.model(**BATCHES[0]).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    adapted.model.train()
+    with torch.no_grad():
+        expected = adapted.model(IDS).logits
+    with pytest.warns(UserWarning, match="re-quantizes"):
+        merged = adapted.merge()
+    assert quantization.quantized_kind(merged.model.layers[0].self_attn.q_proj) == kind
+    with torch.no_grad():
+        got = merged(IDS).logits
+    assert float((got - expected).abs().max()) < 0.1  # the rounding of one more quantization

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..quantization import dense_weight
+from ..quantization import dense_weight, is_quantized
 from .base import (ADAPTER_CONFIG, Adapted, MethodError, MethodOptions, atomic_write,
                    head_modules, resolve_targets)
 
@@ -84,6 +84,13 @@ class PeftAdapted(Adapted):
         return {"weight_change": out}
 
     def merge(self) -> nn.Module:
+        """PEFT's merge; on a quantized base PEFT dequantizes, adds B A and quantizes again, so the
+        merged model's outputs differ from the adapted one's by that rounding: a warning says so."""
+        if is_quantized(self.model):
+            import warnings
+
+            warnings.warn("merging LoRA into a quantized base: PEFT re-quantizes the merged weights, so outputs "
+                          "change by the quantization's rounding; keep the adapter separate to avoid it", stacklevel=2)
         self.model = self.model.merge_and_unload()
         return self.model
 
