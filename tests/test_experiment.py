@@ -97,7 +97,7 @@ BAD = [
     (["--benchmark", "glue/nope"], "benchmark"),
     (["--set", "method.r=0"], "must be > 0"),
     (["--method", "boft", "--set", "method.block_size=7"], "block"),
-    (["--set", "quantization=4bit"], "needs a CUDA GPU"),
+    (["--set", "quantization=2bit"], "quantization must be none, 4bit or 8bit"),
     (["--set", "epochs=-1"], "epochs must be >= 0"),
     (["--set", "learning_rate=1e-4"], "unknown --set key 'learning_rate'"),
 ]

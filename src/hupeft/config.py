@@ -63,9 +63,12 @@ class RunConfig:
     data; an error naming every source tried when none has it), synthetic (generated data only) or
     any (real where a source has it, else generated; the record says which it used and why)."""
     mixed_precision: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16."""
+    """auto (bf16 autocast on a GPU or over bf16 weights, none on CPU with fp32 weights), no, bf16 or fp16."""
+    dtype: str = "auto"
+    """Dtype of the base weights: auto (bf16 for a hub model on a GPU, else fp32), fp32 or bf16.
+    Trainable parameters are fp32 whatever the base (full fine-tuning: an fp32 master copy)."""
     quantization: str | None = None
-    """None, 4bit or 8bit (bitsandbytes; GPU only)."""
+    """None, 4bit (NF4) or 8bit: a bitsandbytes base, on a GPU or the CPU; adapter methods only."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     init_batches: int = 4
@@ -300,8 +303,6 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 
 def _check_ranges(cfg: RunConfig) -> None:
-    import torch
-
     if cfg.epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {cfg.epochs}; e.g. --set epochs=1")
     for name in ("batch_size", "grad_accum", "max_len", "n_val", "eval_batch_size", "init_batches"):
@@ -322,15 +323,27 @@ def _check_ranges(cfg: RunConfig) -> None:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if not 0 <= cfg.warmup_ratio <= 1:
         raise ConfigError(f"warmup_ratio must be between 0 and 1, got {cfg.warmup_ratio}; e.g. --set warmup_ratio=0.1")
-    if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+    _check_precision(cfg)
+
+
+def _check_precision(cfg: RunConfig) -> None:
+    """Weights dtype, autocast and quantization: what bitsandbytes supports here, and what can train."""
+    from hupeft import precision, quantization
+
+    if cfg.mixed_precision not in precision.MIXED:
         raise ConfigError(f"mixed_precision must be auto, no, bf16 or fp16, not {cfg.mixed_precision!r}")
-    if cfg.quantization not in (None, "4bit", "8bit"):
-        raise ConfigError(f"quantization must be none, 4bit or 8bit, not {cfg.quantization!r}")
-    if cfg.quantization and not torch.cuda.is_available():
-        raise ConfigError(f"quantization={cfg.quantization} needs a CUDA GPU (bitsandbytes); "
-                          "run without it on this machine (--set quantization=none)")
+    if cfg.dtype != "auto" and cfg.dtype not in precision.WEIGHT_DTYPES:
+        raise ConfigError(f"dtype must be auto, fp32 or bf16, not {cfg.dtype!r}")
+    if cfg.dtype == "bf16" and cfg.mixed_precision in ("no", "fp16"):
+        raise ConfigError(f"dtype=bf16 trains fp32 parameters on bf16 weights under bf16 autocast; "
+                          f"use mixed_precision=bf16 or auto, not {cfg.mixed_precision}")
     if cfg.quantization and cfg.method == "full":
-        raise ConfigError("full fine-tuning cannot train a quantized base; drop quantization or pick an adapter")
+        raise ConfigError("full fine-tuning cannot train a quantized base; drop quantization (--set quantization=none) "
+                          "or pick an adapter method")
+    try:
+        quantization.check_supported(cfg.quantization)
+    except quantization.QuantizationError as e:
+        raise ConfigError(str(e)) from None
     _check_strategy(cfg)
 
 

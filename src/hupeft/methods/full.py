@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import ADAPTER_CONFIG, Adapted, MethodOptions, atomic_write
+from ..quantization import is_quantized
+from .base import ADAPTER_CONFIG, Adapted, MethodError, MethodOptions, atomic_write
 
 
 @dataclass
@@ -39,6 +40,9 @@ class FullAdapted(Adapted):
 
 
 def apply(model: nn.Module, options: FullOptions, init_batches=None, loss_fn=None) -> Adapted:
+    if is_quantized(model):  # packed integer weights have no gradient to follow
+        raise MethodError("full fine-tuning cannot train a quantized base; load it unquantized or pick an adapter "
+                          "method (lora, loraga, boft, urnn, hybrid)")
     for p in model.parameters():
         p.requires_grad_(True)
     return FullAdapted(model, "full", options)

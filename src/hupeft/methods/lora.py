@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..quantization import dense_weight, is_quantized
 from .base import (ADAPTER_CONFIG, Adapted, MethodError, MethodOptions, atomic_write,
                    head_modules, resolve_targets)
 
@@ -78,11 +79,18 @@ class PeftAdapted(Adapted):
         out = {}
         for name, mod in self.model.named_modules():
             if isinstance(mod, LoraLayer) and "default" in mod.lora_A:
-                w0 = mod.get_base_layer().weight.float()
+                w0 = dense_weight(mod.get_base_layer()).float()
                 out[name] = float(mod.get_delta_weight("default").float().norm() / w0.norm())
         return {"weight_change": out}
 
     def merge(self) -> nn.Module:
+        """PEFT's merge; on a quantized base PEFT dequantizes, adds B A and quantizes again, so the
+        merged model's outputs differ from the adapted one's by that rounding: a warning says so."""
+        if is_quantized(self.model):
+            import warnings
+
+            warnings.warn("merging LoRA into a quantized base: PEFT re-quantizes the merged weights, so outputs "
+                          "change by the quantization's rounding; keep the adapter separate to avoid it", stacklevel=2)
         self.model = self.model.merge_and_unload()
         return self.model
 

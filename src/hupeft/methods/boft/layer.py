@@ -18,18 +18,27 @@ class BOFTLinear(AdapterLayer):
         self.scale = nn.Parameter(torch.ones(base.out_features, device=base.weight.device)) if scale else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.base.weight, self.base.bias
+        # y = s * (W0 R x) + b or s * (R W0 x) + b, with W0 applied by the base's own forward (a
+        # quantized base works). The change is added to the base's output rather than rebuilt
+        # around it, so at step 0 (R = I, s = 1) the output is the base's to the last bit.
+        b = self.base.bias
         if self.side == "input":
-            y = nn.functional.linear(self.rotation(x), w)
-        else:
-            y = self.rotation(nn.functional.linear(x, w))
+            out = self.base(self.rotation(x))
+            if self.scale is None:
+                return out
+            h = out if b is None else out - b
+            return out + (self.scale.to(h.dtype) - 1) * h
+        out = self.base(x)
+        h = out if b is None else out - b
+        rotated = self.rotation(h)
         if self.scale is not None:
-            y = y * self.scale.to(y.dtype)
-        return y if b is None else y + b
+            rotated = rotated * self.scale.to(h.dtype)
+        return out + (rotated - h)
 
     def merged_weight(self) -> torch.Tensor:
-        r = self.rotation.matrix().to(self.base.weight.dtype)
-        w = self.base.weight @ r if self.side == "input" else r @ self.base.weight
+        w0 = self.base_weight()
+        r = self.rotation.matrix().to(w0.dtype)
+        w = w0 @ r if self.side == "input" else r @ w0
         return w if self.scale is None else self.scale.to(w.dtype)[:, None] * w
 
     def orthogonality_error(self) -> float:

@@ -56,7 +56,7 @@ class HybridLinear(LoraGALinear):
         from torch.func import functional_call, jvp
 
         theta = self.rotation.theta
-        w0t = self.base.weight.detach().float().T
+        w0t = self.base_weight().detach().float().T
         _, tangent = jvp(lambda t: functional_call(self.rotation, {"theta": t}, (w0t,)),
                          (theta.detach(),), (theta.grad.detach(),))
         return tangent.norm()
@@ -65,17 +65,17 @@ class HybridLinear(LoraGALinear):
     def branch_change(self) -> tuple[float, float]:
         """(|lambda dW_LoRA|_F, |(1 - lambda)(R - I) W0|_F) / |W0|_F: how far each branch has moved
         the layer's weight, as mixed."""
-        w0 = self.base.weight.float()
+        w0 = self.base_weight().float()
         lam, n0 = float(self.lam), w0.norm()
         rot = self.rotation.matrix().float()
         return (float(lam * self.delta_weight().norm() / n0), float((1 - lam) * (rot @ w0 - w0).norm() / n0))
 
     def merged_weight(self) -> torch.Tensor:
-        w0 = self.base.weight.float()
+        w = self.base_weight()
+        w0 = w.float()
         rot = self.rotation.matrix().float()  # forward(h) == rot @ h for column vectors
         lam = float(self.lam)
-        w = w0 + lam * self.delta_weight() + (1 - lam) * (rot @ w0 - w0)
-        return w.to(self.base.weight.dtype)
+        return (w0 + lam * self.delta_weight() + (1 - lam) * (rot @ w0 - w0)).to(w.dtype)
 
     def orthogonality_error(self) -> float:
         return self.rotation.orthogonality_error()

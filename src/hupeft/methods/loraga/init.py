@@ -48,8 +48,10 @@ def estimate_gradients(model: nn.Module, names: list[str], batches: Iterable[dic
     """dL/dW (fp32, d_out x d_in) of each named linear layer, averaged over the batches.
 
     Computed from each layer's input x and output gradient g as sum_t g_t x_t^T, through hooks,
-    so no weight needs requires_grad: the base stays frozen (and a quantized layer, whose weight
-    cannot hold a gradient, still gets one). The model runs in train mode, as the official code
+    so no weight needs requires_grad: the base stays frozen, and a quantized layer, whose packed
+    weight cannot hold a gradient, still gets one. On a quantized base this is the gradient with
+    respect to the dequantized W0 that the layer's forward multiplies by, which is the weight the
+    adapter's update is added to; nothing is dequantized to get it. The model runs in train mode, as the official code
     does, and gets its mode and requires_grad flags back afterwards."""
     grads: dict[str, torch.Tensor] = {}
     was_grad = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -91,11 +93,13 @@ def estimate_gradients(model: nn.Module, names: list[str], batches: Iterable[dic
         raise MethodError("LoRA-GA got no init batch to estimate the gradient from; pass init_batches=[batch, ...]")
     out = {}
     for n in names:
-        w = model.get_submodule(n).weight
+        lin = model.get_submodule(n)
         # A layer the loss does not reach has gradient 0; its factors then carry no information
-        # but are still a valid start (B A - B0 A0 = 0).
+        # but are still a valid start (B A - B0 A0 = 0). (The weight's own shape is not W0's on a
+        # 4-bit base, where it is packed.)
         g = grads.get(n)
-        out[n] = g / count if g is not None else torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        out[n] = g / count if g is not None else torch.zeros(
+            lin.out_features, lin.in_features, dtype=torch.float32, device=lin.weight.device)
     return out
 
 

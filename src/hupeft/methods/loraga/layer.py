@@ -48,5 +48,5 @@ class LoraGALinear(AdapterLayer):
         return self.scaling * (self.lora_B @ self.lora_A - self.B0 @ self.A0)
 
     def merged_weight(self) -> torch.Tensor:
-        w = self.base.weight
+        w = self.base_weight()
         return (w.float() + self.delta_weight()).to(w.dtype)

@@ -9,6 +9,9 @@ from torch import nn
 from ..base import AdapterLayer
 from .unitary import BlockUnitary, StructuredUnitary, to_complex, to_real, unitarity_error
 
+# Weight dtypes precise enough to hold W0 M0^T without changing the layer's outputs.
+FOLDABLE = (torch.float32, torch.float64)
+
 
 class URNNLinear(AdapterLayer):
     """The structured variant's effective unitary U_eff is U(theta) composed with the fixed
@@ -22,8 +25,10 @@ class URNNLinear(AdapterLayer):
 
     (M0 the real orthogonal matrix of U(theta_0)). Only U(theta) then runs per step. The fold is
     reproducible from the seed, so saved adapters hold theta only and load onto the original base
-    model; merging gives W0 U_eff as usual. Quantized bases are not folded and apply both factors
-    to activations. (The map is `_unitary_map`, not `_apply`: nn.Module._apply is what .to() calls.)
+    model; merging gives W0 U_eff as usual. Only an fp32 (or fp64) weight is folded: in bf16 or
+    fp16 the product W0 M0^T would be rounded to the weight's precision and the outputs at step 0
+    would no longer be the base model's; those bases, and quantized ones, apply both factors to
+    activations. (The map is `_unitary_map`, not `_apply`: nn.Module._apply is what .to() calls.)
     """
 
     def __init__(self, base: nn.Linear, variant: str, block_size: int, seed: int, side: str = "input",
@@ -34,7 +39,7 @@ class URNNLinear(AdapterLayer):
         n = (base.in_features if side == "input" else base.out_features) // 2
         unitary = StructuredUnitary(n, seed) if variant == "structured" else BlockUnitary(n, block_size)
         self.unitary = unitary.to(base.weight.device)
-        self.folded = fold and variant == "structured" and base.weight.dtype.is_floating_point
+        self.folded = fold and variant == "structured" and base.weight.dtype in FOLDABLE
         if self.folded:
             self._fold_initial_inverse()
 
@@ -78,9 +83,11 @@ class URNNLinear(AdapterLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.side == "input":
             return self.base(self.rotate(x))
-        # The bias is added after U, so that merging gives U W0 with the bias unchanged.
-        y = self.rotate(nn.functional.linear(x, self.base.weight))
-        return y if self.base.bias is None else y + self.base.bias
+        # U acts on W0 x, not on the bias (merging gives U W0 with the bias unchanged). The base
+        # runs as itself (a quantized base works), and U's change is added to its output.
+        out = self.base(x)
+        h = out if self.base.bias is None else out - self.base.bias
+        return out + (self.rotate(h) - h)
 
     def dense(self) -> torch.Tensor:
         """The real 2n x 2n matrix of the effective unitary U_eff (identity at step 0)."""
@@ -92,15 +99,16 @@ class URNNLinear(AdapterLayer):
 
     def original_weight(self) -> torch.Tensor:
         if not self.folded:
-            return self.base.weight
+            return self.base_weight()
         a = self._real_matrix(self.unitary.initial_inverse)  # the fold: W0' = W0 a or a W0, a orthogonal
         w = self.base.weight.float()
         return w @ a.T if self.side == "input" else a.T @ w
 
     def merged_weight(self) -> torch.Tensor:
         # base.weight is W0' when folded, and rotate() is then U(theta) alone: W0' M = W0 U_eff.
-        m = self._real_matrix(self._unitary_map).to(self.base.weight.dtype)
-        return self.base.weight @ m if self.side == "input" else m @ self.base.weight
+        w = self.base_weight()
+        m = self._real_matrix(self._unitary_map).to(w.dtype)
+        return w @ m if self.side == "input" else m @ w
 
     @torch.no_grad()
     def orthogonality_error(self) -> float:
