@@ -93,6 +93,12 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     record["config"]["data"] = splits.provenance(cfg.data)  # asked for, used, sources and their hashes
     cuda = torch.cuda.is_available()
     precision = prec.mixed_precision(cfg.mixed_precision, cfg.dtype, cuda)
+    # accelerate keeps one AcceleratorState per process and refuses a second run in it (a notebook,
+    # the tests) that asks for another precision; its settings are per run here, so they are cleared.
+    # PartialState, which holds the process group of a launched run, is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
     rank, world = accelerator.process_index, accelerator.num_processes
     strategy = distributed.resolve(cfg.strategy, world)
