@@ -365,6 +365,13 @@ def _short_layer(name: str) -> str:
     return name.replace("base_model.model.", "").replace("model.", "").replace(".self_attn", "").replace("layers.", "")
 
 
+def _layer_order(name: str) -> tuple:
+    """Layers in model order (2 before 10), not in the order of their names as text."""
+    import re
+
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
 def _rules(frame: pd.DataFrame) -> list[str]:
     """The lambda rules in the frame, the default (slope) first."""
     return sorted(set(frame["rule"]), key=lambda r: (not r.startswith("slope"), r))
@@ -386,6 +393,7 @@ def plot_lambda_rules(lam: pd.DataFrame) -> None:
                                  squeeze=False, sharey=True)
         for i, (ax, rule) in enumerate(zip(axes[0], rules)):
             grid = part[part["rule"] == rule].pivot_table(index="layer", columns="step", values="lambda", aggfunc="mean")
+            grid = grid.loc[sorted(grid.index, key=_layer_order)]
             grid.index = [_short_layer(n) for n in grid.index]
             sns.heatmap(grid, vmin=0, vmax=1, cmap="vlag", ax=ax, cbar=i == len(rules) - 1,
                         cbar_kws={"label": "lambda"})
@@ -448,8 +456,12 @@ def plot_branch_movement(br: pd.DataFrame) -> None:
         "(mean over seeds, band: 95% interval over seeds). Left: each branch on its own (whether its "
         "parameters train); right: as the mix applies it (lambda dW_LoRA-GA and (1 - lambda)(R - I) W0).")
     for (model, bench), part in br.groupby(["model", "benchmark"], sort=False):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.3), sharey=True)
-        for ax, kind, title in ((axes[0], "delta", "each branch alone"), (axes[1], "change", "as mixed")):
+        # Records written before `branch_delta` was kept have the mixed movement only.
+        kinds = [(k, t) for k, t in (("delta", "each branch alone"), ("change", "as mixed"))
+                 if part[[f"lora_{k}", f"boft_{k}"]].notna().any().any()]
+        fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.3), sharey=True, squeeze=False)
+        axes = axes[0]
+        for ax, (kind, title) in zip(axes, kinds):
             for i, rule in enumerate(_rules(part)):
                 g = part[part["rule"] == rule]
                 for branch, style in (("lora", "-"), ("boft", "--")):
@@ -469,7 +481,7 @@ def plot_branch_movement(br: pd.DataFrame) -> None:
             ax.set_title(f"{model} · {bench}: {title}", fontsize=9)
             _integer_x(ax)
         axes[0].set_ylabel("|dW| / |W0|")
-        axes[1].legend(fontsize=6, ncol=2)
+        axes[-1].legend(fontsize=6, ncol=2)
         fig.tight_layout()
         _show(fig)
 
