@@ -11,7 +11,8 @@ from conftest import cls_batch, lm_batch, make_biased, make_tiny
 from hupeft import methods
 from hupeft.methods import MethodError
 
-ALL = sorted(methods.METHODS)
+# The hybrid's lambda-rule variants are the hybrid with one option set: test_hybrid covers each rule.
+ALL = sorted(m for m in methods.METHODS if m not in ("hybrid-paper", "hybrid-normalized"))
 ADAPTERS = [m for m in ALL if m != "full"]
 
 
