@@ -42,8 +42,9 @@ def frame(tmp_path):
     for seed in range(3):
         # paper: every layer above 0.95 at step 1, layer 1 dips at step 2, every layer above from step 3 on
         paper = {LAYERS[0]: [0.96, 0.97, 0.99, 0.99], LAYERS[1]: [0.96, 0.9, 0.99, 0.99]}
-        # normalized: one layer ends above 0.95, the other does not
-        normalized = {LAYERS[0]: [0.9, 0.96, 0.97, 0.97], LAYERS[1]: [0.9, 0.9, 0.9, 0.9]}
+        # normalized: one layer ends above 0.95; the other stays mixed, except on seed 2 where it
+        # ends below 0.05, so that no layer is mixed there (one branch per layer)
+        normalized = {LAYERS[0]: [0.9, 0.96, 0.97, 0.97], LAYERS[1]: [0.9, 0.9, 0.9, 0.03 if seed == 2 else 0.9]}
         # slope (the default): on seed 2 the first layer goes all BOFT, the second stays mixed
         slope = {LAYERS[0]: [0.5, 0.6, 0.7, 0.02 if seed == 2 else 0.7], LAYERS[1]: [0.5, 0.5, 0.5, 0.5]}
         for method, lam in (("hybrid", slope), ("hybrid-paper", paper), ("hybrid-normalized", normalized)):
@@ -79,8 +80,9 @@ def test_summary_says_which_rule_reduces_the_hybrid_to_one_branch(frame):
     assert (paper["one_branch"] == "LoRA-GA").all() and (paper["all_above_from"] == 3).all()
     assert paper["final_min"].min() == pytest.approx(0.99)
     normalized = s.loc["normalized"]
-    assert (normalized["one_branch"] == "").all() and (normalized["above"] == 0.5).all()
-    assert normalized["all_above_from"].isna().all()
+    assert list(normalized["one_branch"]) == ["", "", "per layer"] and (normalized["above"] == 0.5).all()
+    assert list(normalized["mixed"]) == [0.5, 0.5, 0.0]
+    assert normalized["all_above_from"].isna().all() and normalized.loc[2, "all_beyond_from"] == 4
     slope = s.loc["slope"]
     assert list(slope["one_branch"]) == ["", "", ""] and slope.loc[2, "below"] == 0.5
     # BOFT's share of the mixed movement at the last epoch, from the branch_change entries.
@@ -95,9 +97,13 @@ def test_summary_page_states_the_degeneration_in_words(frame, monkeypatch):
     monkeypatch.setattr(pages, "_html", lambda f, **kw: said.append(f.to_string()))
     pages.show_lambda_summary(report.lambda_summary(report.lambda_long(frame), report.branch_long(frame)))
     words = said[-1]
-    assert "**paper**: in 3 of 3 seeds every layer's lambda ended above 0.95 (every layer stays there from step 3)" \
-        in words and "**LoRA-GA alone**" in words
-    assert "**normalized**: in no seed" in words and "**slope**: in no seed" in words
+    assert "**paper**: in 3 of 3 seeds every layer's lambda ended above 0.95 (from step 3 on)" in words
+    assert "**LoRA-GA alone**" in words
+    assert "**normalized**: in 1 of 3 seeds every layer's lambda ended above 0.95 or below 0.05 (from step 4 on), " \
+        "50% of layers above and 50% below: each layer is **one branch alone**" in words
+    assert "**normalized**: in 2 of 3 seeds some layers keep both branches in the mix" in words
+    assert "**slope**: in 3 of 3 seeds some layers keep both branches in the mix (lambda between 0.05 and 0.95): " \
+        "83% of layers on average, lambda 0.02 to 0.70 over layers." in words
     assert "nan" not in "".join(said).lower() and "None" not in "".join(said)
 
 

@@ -418,25 +418,32 @@ def show_lambda_summary(summary: pd.DataFrame) -> None:
                      "final lambda, lowest / highest layer": f"{g['final_min'].min():.3f} / {g['final_max'].max():.3f}",
                      f"layers above {report.DEGENERATE}": f"{100 * g['above'].mean():.0f}%",
                      f"layers below {1 - report.DEGENERATE:.2f}": f"{100 * g['below'].mean():.0f}%",
+                     "layers mixed": f"{100 * g['mixed'].mean():.0f}%",
                      "BOFT's share of the movement": (f"{100 * g['boft_share'].mean():.1f}%"
                                                       if "boft_share" in g and g["boft_share"].notna().any() else DASH),
                      "seeds reduced to one branch": f"{len(one)} of {len(g)}"})
         _glue(f"lambda/{model}/{bench}/{rule}/final_mean", float(g["final_mean"].mean()))
         _glue(f"lambda/{model}/{bench}/{rule}/one_branch_seeds", int(len(one)))
-        if len(one):
-            for branch, b in one.groupby("one_branch"):
-                side = "above" if branch == "LoRA-GA" else "below"
-                frm = b[f"all_{side}_from"].dropna()
-                when = f" (every layer stays there from step {int(frm.min())}" + (
-                    f" to {int(frm.max())}, depending on the seed)" if frm.max() != frm.min() else ")") if len(frm) else ""
+        hi, lo = report.DEGENERATE, round(1 - report.DEGENERATE, 2)
+        for branch, b in one.groupby("one_branch"):
+            side = {"LoRA-GA": "above", "BOFT": "below"}.get(branch, "beyond")
+            frm = b[f"all_{side}_from"].dropna()
+            when = f" (from step {int(frm.min())}" + (
+                f" to {int(frm.max())}, depending on the seed, on)" if frm.max() != frm.min() else " on)") if len(frm) else ""
+            if side == "beyond":
+                lines.append(f"- **{rule}**: in {len(b)} of {len(g)} seeds every layer's lambda ended above {hi} or "
+                             f"below {lo}{when}, {100 * b['above'].mean():.0f}% of layers above and "
+                             f"{100 * b['below'].mean():.0f}% below: each layer is **one branch alone** (LoRA-GA or "
+                             "BOFT), the other weighted below 5%, and no layer mixes the two.")
+            else:
                 lines.append(f"- **{rule}**: in {len(b)} of {len(g)} seeds every layer's lambda ended {side} "
-                             f"{report.DEGENERATE if side == 'above' else round(1 - report.DEGENERATE, 2)}{when}: "
-                             f"there the hybrid is **{branch} alone** in all but name, with the other branch "
-                             "weighted below 5%.")
-        else:
-            lines.append(f"- **{rule}**: in no seed did every layer's lambda end above {report.DEGENERATE} or below "
-                         f"{1 - report.DEGENERATE:.2f}: both branches stay in the mix "
-                         f"(lambda {g['final_min'].min():.2f} to {g['final_max'].max():.2f} over layers and seeds).")
+                             f"{hi if side == 'above' else lo}{when}: there the hybrid is **{branch} alone** in all "
+                             "but name, with the other branch weighted below 5%.")
+        rest = g[g["one_branch"] == ""]
+        if len(rest):
+            lines.append(f"- **{rule}**: in {len(rest)} of {len(g)} seeds some layers keep both branches in the mix "
+                         f"(lambda between {lo} and {hi}): {100 * rest['mixed'].mean():.0f}% of layers on average, "
+                         f"lambda {rest['final_min'].min():.2f} to {rest['final_max'].max():.2f} over layers.")
     _md("At the last step, per rule, over seeds (the mean over layers is averaged over seeds; lowest and highest "
         "are over all layers and seeds). BOFT's share of the movement: the BOFT branch's mixed change of the "
         "weights, |(1 - lambda)(R - I) W0|, summed over layers, over both branches' sum, at the last epoch.")

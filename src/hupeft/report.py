@@ -267,9 +267,10 @@ def branch_long(df: pd.DataFrame) -> pd.DataFrame:
 
 def lambda_summary(lam: pd.DataFrame, branches: pd.DataFrame) -> pd.DataFrame:
     """Per hybrid run: lambda at the last step over layers (mean, min, max), the share of layers
-    above DEGENERATE and below 1 - DEGENERATE, the first step from which every layer stays above
-    (or below) it, which branch the run reduces to if every layer ends there, and BOFT's share of
-    the weight movement at the last epoch (sum over layers of the mixed |dW|)."""
+    above DEGENERATE, below 1 - DEGENERATE and in between (`mixed`), the first step from which
+    every layer stays above, below or beyond (either side of) it, which branch the run reduces to
+    when no layer is mixed, and BOFT's share of the weight movement at the last epoch (sum over
+    layers of the mixed |dW|)."""
     if lam.empty:
         return pd.DataFrame()
     keys = ["model", "benchmark", "method", "rule", "seed"]
@@ -281,8 +282,14 @@ def lambda_summary(lam: pd.DataFrame, branches: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(keys, key), layers=wide.shape[1], steps=wide.shape[0], final_mean=float(last.mean()),
                    final_min=float(last.min()), final_max=float(last.max()),
                    above=float((last > DEGENERATE).mean()), below=float((last < 1 - DEGENERATE).mean()))
-        row["one_branch"] = "LoRA-GA" if row["above"] == 1 else "BOFT" if row["below"] == 1 else ""
-        for side, inside in (("above", wide.gt(DEGENERATE).all(axis=1)), ("below", wide.lt(1 - DEGENERATE).all(axis=1))):
+        row["mixed"] = 1.0 - row["above"] - row["below"]
+        # Every layer past the threshold: the hybrid is one branch (the same one in every layer,
+        # or "per layer" when some layers are LoRA-GA alone and others BOFT alone).
+        row["one_branch"] = ("LoRA-GA" if row["above"] == 1 else "BOFT" if row["below"] == 1
+                             else "per layer" if row["mixed"] == 0 else "")
+        beyond = wide.gt(DEGENERATE) | wide.lt(1 - DEGENERATE)
+        for side, inside in (("above", wide.gt(DEGENERATE).all(axis=1)), ("below", wide.lt(1 - DEGENERATE).all(axis=1)),
+                             ("beyond", beyond.all(axis=1))):
             # The first step from which every later step has every layer past the threshold.
             stays = inside[::-1].cummin()[::-1]
             row[f"all_{side}_from"] = int(stays.idxmax()) if stays.any() else None
