@@ -158,3 +158,16 @@ def test_figures_draw_from_the_records(frame, monkeypatch):
     assert panels == ["rule: slope", "rule: normalized", "rule: paper"]  # the default first
     heat = shown[0].axes[0].collections[0].get_array()
     assert heat.max() == pytest.approx(0.7) and heat.min() == pytest.approx((0.7 + 0.7 + 0.02) / 3)  # mean over seeds
+
+
+def test_sixty_layers_each_past_the_threshold_are_one_branch_per_layer():
+    """59 layers at 0.99 and one at 0.01 (what the printed rule does to SmolLM2's 60 targeted
+    layers): no layer mixes, whatever the float sums of the shares."""
+    import pandas as pd
+
+    rows = [{"model": "m", "benchmark": "b", "method": "hybrid-paper", "rule": "paper", "seed": 0,
+             "layer": f"l{i}", "step": step, "lambda": (0.01 if i == 7 else 0.99) if step > 1 else 0.5}
+            for i in range(60) for step in (1, 2)]
+    s = report.lambda_summary(pd.DataFrame(rows), pd.DataFrame()).iloc[0]
+    assert s["mixed"] == 0 and s["one_branch"] == "per layer" and s["all_beyond_from"] == 2
+    assert s["above"] == pytest.approx(59 / 60) and s["below"] == pytest.approx(1 / 60)

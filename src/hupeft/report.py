@@ -282,7 +282,7 @@ def lambda_summary(lam: pd.DataFrame, branches: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(keys, key), layers=wide.shape[1], steps=wide.shape[0], final_mean=float(last.mean()),
                    final_min=float(last.min()), final_max=float(last.max()),
                    above=float((last > DEGENERATE).mean()), below=float((last < 1 - DEGENERATE).mean()))
-        row["mixed"] = 1.0 - row["above"] - row["below"]
+        row["mixed"] = float(((last >= 1 - DEGENERATE) & (last <= DEGENERATE)).mean())  # counted: no float residue
         # Every layer past the threshold: the hybrid is one branch (the same one in every layer,
         # or "per layer" when some layers are LoRA-GA alone and others BOFT alone).
         row["one_branch"] = ("LoRA-GA" if row["above"] == 1 else "BOFT" if row["below"] == 1
