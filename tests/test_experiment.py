@@ -33,7 +33,7 @@ def strip_timing(rec: dict) -> dict:
     return rec
 
 
-@pytest.mark.parametrize("method", ["lora", "hybrid"])
+@pytest.mark.parametrize("method", ["lora", "hybrid", "hybrid-paper", "urnn-structured"])
 def test_record_has_every_field(method, tmp_path):
     rec = run(small(method=method), tmp_path, progress=False)
     assert rec["status"] == "ok", rec["error"]
@@ -47,12 +47,22 @@ def test_record_has_every_field(method, tmp_path):
     assert set(on_disk["scores"]) == {"accuracy"}
     assert on_disk["config"]["data"]["sources"]["train"]
     assert on_disk["environment"]["packages"]["torch"]
-    if method == "hybrid":
+    if method.startswith("hybrid"):
+        # Every variant records lambda per layer per step, and each branch's movement per layer per epoch.
+        assert on_disk["config"]["method_options"]["lambda_rule"] == {"hybrid": "slope"}.get(method, "paper")
         lam = on_disk["hybrid_lambda"]
         steps = len(on_disk["steps"])
         assert lam and all(len(v) == steps for v in lam.values())
-        assert all(0.0 <= x <= 1.0 for v in lam.values() for x in v)
-        assert "orthogonality_error" in on_disk["epochs"][-1]
+        # before_step ran: every layer's lambda left its start (0.5) at the first step.
+        assert all(v[0] != on_disk["config"]["method_options"]["lambda_init"] for v in lam.values())
+        for ep in on_disk["epochs"]:
+            assert "orthogonality_error" in ep
+            assert ep["branch_delta"].keys() == ep["branch_change"].keys() == lam.keys()
+    elif method.startswith("urnn"):
+        assert on_disk["config"]["method_options"]["variant"] == "structured"
+        assert on_disk["hybrid_lambda"] is None
+        for ep in on_disk["epochs"]:  # how far U moved, and its unitarity error, every epoch
+            assert ep["unitary_distance"] and ep["orthogonality_error"] < 1e-4
     else:
         assert on_disk["hybrid_lambda"] is None
     frame = load_all(tmp_path)

@@ -73,6 +73,17 @@ def test_dry_run_lists_cells_and_estimate(capsys):
     assert "12 cells" in out and "estimated" in out
 
 
+def test_method_seeds_give_a_method_its_own_seeds(tmp_path):
+    preset = dict(TINY, seeds=[0, 1, 2], method_seeds={"boft": [0, 2]}, name="p")
+    cells = grid.expand(preset, root=tmp_path)
+    seeds = {m: sorted(c.config.seed for c in cells if c.config.method == m) for m in preset["methods"]}
+    assert seeds == {"lora": [0, 1, 2], "boft": [0, 2]}
+    assert len(grid.expand(preset, seeds=[1], root=tmp_path)) == 2  # --seeds replaces every method's
+    for bad in ({"boft": [3]}, {"dora": [0]}):
+        with pytest.raises(grid.GridError, match="method_seeds"):
+            grid.expand(dict(preset, method_seeds=bad), root=tmp_path)
+
+
 @pytest.fixture(scope="module")
 def killed_and_rerun(tmp_path_factory):
     """A four-cell grid killed with SIGKILL once its first record exists, then run again."""

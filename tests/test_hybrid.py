@@ -233,15 +233,24 @@ def test_two_learning_rates_of_algorithm_2():
 
 
 def test_movement_reports_each_branchs_share():
+    """Each branch's movement is read off the merged weight with the mix set to that branch alone
+    (lambda = 1: LoRA-GA only; lambda = 0: BOFT only), so a swapped or mis-weighted branch fails."""
     a = hybrid(make_tiny())
     train(a, 2)
     moved = a.movement()
-    for name, (lora, boft) in moved["branch_change"].items():
+    assert moved["branch_delta"].keys() == moved["branch_change"].keys() == a.adapter_layers().keys()
+    for name, (lora, boft) in moved["branch_delta"].items():
         layer = a.adapter_layers()[name]
-        w0 = layer.base.weight
-        lam = float(layer.lam)
-        assert lora == pytest.approx((lam * layer.delta_weight().norm() / w0.norm()).item(), rel=1e-4)
-        assert boft > 0 and moved["weight_change"][name] > 0
+        w0, lam = layer.base.weight, float(layer.lam)
+        alone = {}
+        for which, value in (("lora", 1.0), ("boft", 0.0)):
+            layer.lam.fill_(value)
+            alone[which] = ((layer.merged_weight() - w0).norm() / w0.norm()).item()
+        layer.lam.fill_(lam)
+        assert lora == pytest.approx(alone["lora"], rel=1e-4) and boft == pytest.approx(alone["boft"], rel=1e-4)
+        assert lora > 0 and boft > 0
+        assert moved["branch_change"][name] == pytest.approx([lam * lora, (1 - lam) * boft], rel=1e-6)
+        assert moved["weight_change"][name] > 0
 
 
 @pytest.mark.parametrize("rule", ["paper", "normalized"])

@@ -11,7 +11,8 @@ from conftest import cls_batch, lm_batch, make_biased, make_tiny
 from hupeft import methods
 from hupeft.methods import MethodError
 
-ALL = sorted(methods.METHODS)
+# The hybrid's lambda-rule variants are the hybrid with one option set: test_hybrid covers each rule.
+ALL = sorted(m for m in methods.METHODS if m not in ("hybrid-paper", "hybrid-normalized"))
 ADAPTERS = [m for m in ALL if m != "full"]
 
 
@@ -174,3 +175,27 @@ def test_check_fits_follows_the_side_and_agrees_with_apply(name, opts, bad):
     for check in (lambda: methods.check_fits(One(*bad), name, options), lambda: methods.apply(One(*bad), name, options)):
         with pytest.raises(MethodError):
             check()
+
+
+@pytest.mark.parametrize("name,key,value", [("hybrid-paper", "lambda_rule", "paper"),
+                                            ("hybrid-normalized", "lambda_rule", "normalized"),
+                                            ("hybrid", "lambda_rule", "slope"),
+                                            ("urnn-structured", "variant", "structured"), ("urnn", "variant", "full")])
+def test_named_variants_set_their_option_and_run_as_their_family(name, key, value):
+    family = name.split("-")[0]
+    assert methods.family(name) == family
+    assert getattr(methods.make_options(name), key) == value
+    # The caller's options still win over the name's.
+    other = {"lambda_rule": "slope", "variant": "full"}[key] if name != "hybrid" else "paper"
+    assert getattr(methods.make_options(name, {key: other}), key) == other
+    assert (name in methods.NEEDS_INIT_BATCHES) == (family == "hybrid")
+
+
+def test_check_fits_applies_the_hybrids_shape_rule_to_its_variants():
+    from torch import nn
+
+    lin = nn.Module()
+    lin.q_proj = nn.Linear(8, 12)  # 12 = 8 x 1.5: no block size 8 tiles the rotated width d_out
+    for name in ("hybrid", "hybrid-paper", "hybrid-normalized"):
+        with pytest.raises(MethodError, match="block"):
+            methods.check_fits(lin, name, methods.make_options(name, target_modules=("q_proj",)))

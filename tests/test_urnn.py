@@ -52,6 +52,28 @@ def perturb(adapted, seed: int = 0) -> None:
             u.reflections.copy_(torch.randn(u.reflections.shape, generator=g))
 
 
+@pytest.mark.parametrize("variant", ["full", "structured"])
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_bias_is_not_rotated_on_a_biased_non_square_layer(variant, side):
+    """U acts on W0 x (or x), never on the bias: a zero input gives the bias back, and the layer is
+    its merged weight plus the same bias once U is far from the identity."""
+    from types import SimpleNamespace
+
+    from hupeft.methods.urnn.layer import URNNLinear
+
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 12)  # d_in 8, d_out 12: both even, not square
+    with torch.no_grad():
+        lin.bias.normal_()
+    layer = URNNLinear(copy.deepcopy(lin), variant, 2, 0, side)
+    perturb(SimpleNamespace(adapter_layers=lambda: {"q": layer}))
+    with torch.no_grad():
+        x = torch.randn(5, 8)
+        assert (layer(x) - (x @ layer.merged_weight().T + lin.bias)).abs().max().item() <= 1e-5
+        assert (layer(torch.zeros(1, 8)) - lin.bias).abs().max().item() <= 1e-6
+        assert (layer(x) - lin(x)).abs().max().item() > 1e-2  # U really moved
+
+
 @pytest.mark.parametrize("variant,side", CASES)
 def test_outputs_at_step_0_equal_the_base_model(variant, side):
     base = make_tiny()

@@ -169,7 +169,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
 
     # 4. Train ---------------------------------------------------------------------------
     lambda_log = record["hybrid_lambda"] if record["hybrid_lambda"] is not None else (
-        {} if cfg.method == "hybrid" else None)
+        {} if methods.family(cfg.method) == "hybrid" else None)
     record["hybrid_lambda"] = lambda_log
     nan_at = _nan_hook(rank)
     epochs_bar = tqdm(range(start_epoch, cfg.epochs + 1), desc="epochs", disable=not progress,

@@ -7,7 +7,8 @@ record.json beside the executed notebook.
 
 Settings are merged in this order, later wins: preset defaults, benchmark_settings,
 the model's settings, method_settings, the model's own method_settings, then --set on the
-command line.
+command line. `method_seeds` gives a method its own seeds (a subset of `seeds`, for a variant
+shown beside the main comparison at less cost); --seeds replaces every method's.
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=No
         bad = sorted(set(wanted or ()) - set(have))
         if bad:
             raise GridError(f"{what}(s) {bad} not in preset {preset['name']}; it has {', '.join(have)}")
+    method_seeds = preset.get("method_seeds") or {}
+    for method, own in method_seeds.items():
+        if method not in preset["methods"] or not set(own) <= set(preset["seeds"]):
+            raise GridError(f"method_seeds of preset {preset['name']}: {method}: {own} must name one of its "
+                            f"methods and a subset of its seeds {preset['seeds']}; fix the preset")
     cells = []
     for model, spec in all_models.items():
         if models and model not in models:
@@ -98,7 +104,7 @@ def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=No
             for method in preset["methods"]:
                 if methods and method not in methods:
                     continue
-                for seed in (seeds if seeds is not None else preset["seeds"]):
+                for seed in (seeds if seeds is not None else method_seeds.get(method, preset["seeds"])):
                     settings = {**preset.get("defaults", {}),
                                 **preset.get("benchmark_settings", {}).get(bench, {}),
                                 **spec.get("settings", {}),

@@ -402,30 +402,243 @@ def show_fig2(ep: pd.DataFrame) -> None:
 # --- beyond the paper ------------------------------------------------------------------------------
 
 
-def plot_lambda(lam: pd.DataFrame) -> None:
+def _short_layer(name: str) -> str:
+    return name.replace("base_model.model.", "").replace("model.", "").replace(".self_attn", "").replace("layers.", "")
+
+
+def _layer_order(name: str) -> tuple:
+    """Layers in model order (2 before 10), not in the order of their names as text."""
+    import re
+
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def _rules(frame: pd.DataFrame) -> list[str]:
+    """The lambda rules in the frame, the default (slope) first."""
+    return sorted(set(frame["rule"]), key=lambda r: (not r.startswith("slope"), r))
+
+
+def plot_lambda_rules(lam: pd.DataFrame) -> None:
+    """Heat maps of lambda per layer (rows) and optimiser step (columns), one per rule."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     if lam.empty:
         _md("No hybrid run in this preset.")
         return
-    _md("The hybrid's lambda per layer and optimiser step (mean over seeds): 1 means all LoRA-GA, 0 all BOFT.")
-    groups = lam[["model", "benchmark"]].drop_duplicates().values.tolist()
-    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.5 + 0.18 * lam["layer"].nunique() + 1.2 * len(groups)),
-                             squeeze=False)
-    for ax, (model, bench) in zip(axes[:, 0], groups):
-        part = lam[(lam["model"] == model) & (lam["benchmark"] == bench)]
-        grid = part.pivot_table(index="layer", columns="step", values="lambda", aggfunc="mean")
-        grid.index = [i.replace("model.", "").replace(".self_attn", "") for i in grid.index]
-        sns.heatmap(grid, vmin=0, vmax=1, cmap="vlag", ax=ax, cbar_kws={"label": "lambda"})
-        ax.set_title(f"{model} · {bench}", fontsize=9)
-        ax.tick_params(axis="y", labelsize=5)
-    fig.tight_layout()
-    stats = lam.groupby("step")["lambda"].agg(["mean", "min", "max"])
-    _glue("lambda_final_mean", float(stats["mean"].iloc[-1]))
-    _glue("lambda_final_min", float(stats["min"].iloc[-1]))
-    _glue("lambda_final_max", float(stats["max"].iloc[-1]))
-    _show(fig)
+    _md("lambda of every targeted layer after every optimiser step, mean over seeds, one panel per rule "
+        "(1: all LoRA-GA, 0: all BOFT). `slope` is the default `hybrid` that Table I compares.")
+    for (model, bench), part in lam.groupby(["model", "benchmark"], sort=False):
+        rules = _rules(part)
+        fig, axes = plt.subplots(1, len(rules), figsize=(3.6 * len(rules) + 1, 0.6 + 0.1 * part["layer"].nunique()),
+                                 squeeze=False, sharey=True)
+        for i, (ax, rule) in enumerate(zip(axes[0], rules)):
+            grid = part[part["rule"] == rule].pivot_table(index="layer", columns="step", values="lambda", aggfunc="mean")
+            grid = grid.loc[sorted(grid.index, key=_layer_order)]
+            grid.index = [_short_layer(n) for n in grid.index]
+            sns.heatmap(grid, vmin=0, vmax=1, cmap="vlag", ax=ax, cbar=i == len(rules) - 1,
+                        cbar_kws={"label": "lambda"})
+            ax.set_title(f"rule: {rule}", fontsize=9)
+            ax.tick_params(axis="y", labelsize=4)
+            ax.tick_params(axis="x", labelsize=6)
+            ax.set_ylabel("")
+        fig.suptitle(f"{model} · {bench}", fontsize=9)
+        fig.tight_layout()
+        _show(fig)
+
+
+def show_lambda_summary(summary: pd.DataFrame) -> None:
+    """Per rule: where lambda ends, and whether the hybrid has become one branch, in words."""
+    if summary.empty:
+        return
+    rows, lines = [], []
+    for (model, bench, rule), g in summary.groupby(["model", "benchmark", "rule"], sort=False):
+        one = g[g["one_branch"] != ""]
+        rows.append({"model · benchmark": f"{model} · {bench}", "rule": rule, "seeds": len(g),
+                     "final lambda, mean over layers": report.fmt_interval(g["final_mean"].mean(), float("nan"), 3),
+                     "final lambda, lowest / highest layer": f"{g['final_min'].min():.3f} / {g['final_max'].max():.3f}",
+                     f"layers above {report.DEGENERATE}": f"{100 * g['above'].mean():.0f}%",
+                     f"layers below {1 - report.DEGENERATE:.2f}": f"{100 * g['below'].mean():.0f}%",
+                     "layers mixed": f"{100 * g['mixed'].mean():.0f}%",
+                     "BOFT's share of the movement": (f"{100 * g['boft_share'].mean():.1f}%"
+                                                      if "boft_share" in g and g["boft_share"].notna().any() else DASH),
+                     "seeds reduced to one branch": f"{len(one)} of {len(g)}"})
+        _glue(f"lambda/{model}/{bench}/{rule}/final_mean", float(g["final_mean"].mean()))
+        _glue(f"lambda/{model}/{bench}/{rule}/one_branch_seeds", int(len(one)))
+        hi, lo = report.DEGENERATE, round(1 - report.DEGENERATE, 2)
+        for branch, b in one.groupby("one_branch"):
+            side = {"LoRA-GA": "above", "BOFT": "below"}.get(branch, "beyond")
+            frm = b[f"all_{side}_from"].dropna()
+            when = f" (from step {int(frm.min())}" + (
+                f" to {int(frm.max())}, depending on the seed, on)" if frm.max() != frm.min() else " on)") if len(frm) else ""
+            if side == "beyond":
+                lines.append(f"- **{rule}**: in {len(b)} of {len(g)} seeds every layer's lambda ended above {hi} or "
+                             f"below {lo}{when}, {100 * b['above'].mean():.0f}% of layers above and "
+                             f"{100 * b['below'].mean():.0f}% below: each layer is **one branch alone** (LoRA-GA or "
+                             "BOFT), the other weighted below 5%, and no layer mixes the two.")
+            else:
+                lines.append(f"- **{rule}**: in {len(b)} of {len(g)} seeds every layer's lambda ended {side} "
+                             f"{hi if side == 'above' else lo}{when}: there the hybrid is **{branch} alone** in all "
+                             "but name, with the other branch weighted below 5%.")
+        rest = g[g["one_branch"] == ""]
+        if len(rest):
+            lines.append(f"- **{rule}**: in {len(rest)} of {len(g)} seeds some layers keep both branches in the mix "
+                         f"(lambda between {lo} and {hi}): {100 * rest['mixed'].mean():.0f}% of layers on average, "
+                         f"lambda {rest['final_min'].min():.2f} to {rest['final_max'].max():.2f} over layers.")
+    _md("At the last step, per rule, over seeds (the mean over layers is averaged over seeds; lowest and highest "
+        "are over all layers and seeds). BOFT's share of the movement: the BOFT branch's mixed change of the "
+        "weights, |(1 - lambda)(R - I) W0|, summed over layers, over both branches' sum, at the last epoch.")
+    _html(pd.DataFrame(rows))
+    _md("**When the hybrid is one branch**, read from the records:\n" + "\n".join(lines))
+
+
+def plot_branch_movement(br: pd.DataFrame) -> None:
+    """Each branch's movement of the weights per epoch and rule: unmixed and as mixed by lambda."""
+    import matplotlib.pyplot as plt
+
+    from .stats import mean_interval
+
+    if br.empty:
+        return
+    _md("How far each branch moves the targeted weights, |dW|_F / |W0|_F averaged over layers, per epoch "
+        "(mean over seeds, band: 95% interval over seeds). Left: each branch on its own (whether its "
+        "parameters train); right: as the mix applies it (lambda dW_LoRA-GA and (1 - lambda)(R - I) W0).")
+    for (model, bench), part in br.groupby(["model", "benchmark"], sort=False):
+        # Records written before `branch_delta` was kept have the mixed movement only.
+        kinds = [(k, t) for k, t in (("delta", "each branch alone"), ("change", "as mixed"))
+                 if part[[f"lora_{k}", f"boft_{k}"]].notna().any().any()]
+        fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.3), sharey=True, squeeze=False)
+        axes = axes[0]
+        for ax, (kind, title) in zip(axes, kinds):
+            for i, rule in enumerate(_rules(part)):
+                g = part[part["rule"] == rule]
+                for branch, style in (("lora", "-"), ("boft", "--")):
+                    col = f"{branch}_{kind}"
+                    per_seed = g.groupby(["epoch", "seed"])[col].mean().dropna()
+                    if per_seed.empty:
+                        continue
+                    stats = [(e, mean_interval(x.values)) for e, x in per_seed.groupby(level=0)]
+                    xs, mean = [e for e, _ in stats], [iv.mean for _, iv in stats]
+                    half = [0 if pd.isna(iv.half_width) else iv.half_width for _, iv in stats]
+                    label = f"{'LoRA-GA' if branch == 'lora' else 'BOFT'} · {rule}"
+                    ax.plot(xs, mean, style, marker="o", ms=2.5, color=f"C{i}", label=label)
+                    ax.fill_between(xs, [max(m - h, 1e-12) for m, h in zip(mean, half)],
+                                    [m + h for m, h in zip(mean, half)], color=f"C{i}", alpha=0.12, lw=0)
+            ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_title(f"{model} · {bench}: {title}", fontsize=9)
+            _integer_x(ax)
+        axes[0].set_ylabel("|dW| / |W0|")
+        axes[-1].legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        _show(fig)
+
+
+def _variant_table(vs: pd.DataFrame) -> None:
+    _html(pd.DataFrame({"model · benchmark · metric": [f"{m} · {b} · {x}" for m, b, x in
+                                                      vs[["model", "benchmark", "metric"]].values],
+                        "method": [report.LABEL.get(m, m) for m in vs["method"]],
+                        "mean (95% interval)": [report.fmt_interval(m, h) for m, h in zip(vs["mean"], vs["ci95"])],
+                        "per seed": vs["runs"], "seeds": vs["n"]}))
+    for _, r in vs.iterrows():
+        _glue(f"variant/{r['model']}/{r['benchmark']}/{r['method']}/{r['metric']}", float(r["mean"]))
+
+
+def _paired_table(pc: pd.DataFrame) -> None:
+    """Paired differences with their intervals, and in words only those that are resolved."""
+    _html(pd.DataFrame({"model · benchmark · metric": [f"{m} · {b} · {x}" for m, b, x in
+                                                      pc[["model", "benchmark", "metric"]].values],
+                        "comparison": pc["comparison"], "seeds": pc["seeds"],
+                        "difference (95% interval)": [report.fmt_interval(d, h, 2) for d, h in
+                                                      zip(pc["difference"], pc["ci95"])],
+                        "resolved (excludes 0)": pc["resolved"]}))
+    res = pc[pc["resolved"]]
+    _md("**Resolved** (the paired 95% interval excludes zero): " + ("; ".join(
+        f"{r['comparison']} = {r['difference']:+.2f} ({r['low']:.2f} to {r['high']:.2f})" for _, r in res.iterrows())
+        if not res.empty else "none; with these seeds the data cannot tell these methods apart.") )
+
+
+def show_rule_scores(df: pd.DataFrame) -> None:
+    """Each rule's score with its interval, and paired against the default hybrid, LoRA-GA and BOFT."""
+    hybrids = [m for m in ("hybrid", *report.VARIANT_LABEL) if m.startswith("hybrid") and m in set(df["method"])]
+    vs = report.variant_scores(df, hybrids + ["loraga", "boft"])
+    if len(hybrids) < 2 or vs.empty:
+        _md("This preset runs the hybrid under one lambda rule only.")
+        return
+    _md("Scores of the hybrid under each rule beside its two branches run alone (mean over seeds ± 95% "
+        "interval), then each rule minus the default hybrid, LoRA-GA and BOFT on the same seeds.")
+    _variant_table(vs)
+    pcs = [report.paired_comparisons(df, treatment=m, baselines=[b for b in ("hybrid", "loraga", "boft") if b != m])
+           for m in hybrids]
+    pc = pd.concat([p for p in pcs if not p.empty], ignore_index=True) if any(not p.empty for p in pcs) else pd.DataFrame()
+    if not pc.empty:
+        _paired_table(pc)
+
+
+def plot_unitary(ul: pd.DataFrame) -> None:
+    """Both uRNN variants per epoch: how far U moved from the identity, and its unitarity error."""
+    import matplotlib.pyplot as plt
+
+    from .stats import mean_interval
+
+    if ul.empty:
+        _md("No uRNN run in this preset.")
+        return
+    _md("The uRNN's U per epoch, for each variant: left, how far it moved from the identity, "
+        "|U - I|_F / sqrt(d) averaged over layers (mean over seeds, band: 95% interval); right, the largest "
+        "unitarity error max |U^H U - I| over layers (log scale). `full` is Algorithm 1 (the `urnn` "
+        "method): U trained on the unitary group; `structured` is `urnn-structured`.")
+    for (model, bench), part in ul.groupby(["model", "benchmark"], sort=False):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+        for i, (variant, g) in enumerate(part.groupby("variant", sort=True)):
+            for ax, col in ((axes[0], "distance_mean"), (axes[1], "unitarity_error")):
+                stats = [(e, mean_interval(x[col].dropna())) for e, x in g.groupby("epoch")]
+                xs, mean = [e for e, _ in stats], [iv.mean for _, iv in stats]
+                half = [0 if pd.isna(iv.half_width) else iv.half_width for _, iv in stats]
+                ax.plot(xs, mean, marker="o", ms=3, color=f"C{i}", label=variant)
+                ax.fill_between(xs, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
+                                color=f"C{i}", alpha=0.15, lw=0)
+        axes[0].set_title(f"{model} · {bench}: |U - I| / sqrt(d)", fontsize=9)
+        axes[1].set_title(f"{model} · {bench}: max |U^H U - I|", fontsize=9)
+        axes[1].set_yscale("log")
+        for ax in axes:
+            ax.set_xlabel("epoch")
+            _integer_x(ax)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        _show(fig)
+
+
+def show_urnn_variants(df: pd.DataFrame, ul: pd.DataFrame) -> None:
+    """Both uRNN variants: U's movement and unitarity at the last epoch, their scores, and the paired
+    difference between them."""
+    if ul.empty:
+        return
+    rows = []
+    for (model, bench, method, variant), g in ul.groupby(["model", "benchmark", "method", "variant"], sort=False):
+        last = g[g["epoch"] == g["epoch"].max()]
+        rows.append({"model · benchmark": f"{model} · {bench}", "method": report.LABEL.get(method, method),
+                     "variant": variant, "seeds": last["seed"].nunique(),
+                     "|U - I| / sqrt(d), last epoch": report.fmt_interval(last["distance_mean"].mean(), float("nan"), 4),
+                     "largest layer": f"{last['distance_max'].max():.4f}",
+                     "max unitarity error, any epoch": f"{g['unitarity_error'].max():.1e}",
+                     "re-projections": (int(last["renormalisations"].max()) if last["renormalisations"].notna().any()
+                                        else DASH)})
+        _glue(f"urnn/{model}/{bench}/{variant}/distance", float(last["distance_mean"].mean()))
+        _glue(f"urnn/{model}/{bench}/{variant}/unitarity_error", float(g["unitarity_error"].max()))
+    _md("At the last epoch, mean over seeds (re-projections: how often a block of Algorithm 1's U drifted "
+        "past the tolerance and was put back on the unitary group):")
+    _html(pd.DataFrame(rows))
+    methods = [m for m in ("urnn", "urnn-structured") if m in set(df["method"])]
+    vs = report.variant_scores(df, methods)
+    if vs.empty:
+        return
+    _md("Scores of both variants (mean over seeds ± 95% interval):")
+    _variant_table(vs)
+    if len(methods) == 2:
+        pc = report.paired_comparisons(df, treatment="urnn", baselines=["urnn-structured"])
+        if not pc.empty:
+            _paired_table(pc)
 
 
 def plot_orthogonality(ep: pd.DataFrame) -> None:

@@ -35,14 +35,25 @@ METHOD_LABEL = {"full": "Full FT", "lora": "LoRA", "loraga": "LoRA-GA", "boft": 
                 "urnn": "uRNN", "hybrid": "Hybrid"}
 METHOD_ORDER = list(METHOD_LABEL)
 BASELINES = [m for m in METHOD_ORDER if m != "hybrid"]
+# Variants run under names of their own (hupeft.methods.METHODS). Table I and the figures compare
+# the paper's six methods; the page on the hybrid and the uRNN shows the variants beside them.
+VARIANT_LABEL = {"urnn-structured": "uRNN (structured)", "hybrid-paper": "Hybrid (λ: paper)",
+                 "hybrid-normalized": "Hybrid (λ: normalized)"}
+LABEL = {**METHOD_LABEL, **VARIANT_LABEL}
 
 
-def records(results: str | Path, preset: str | None = None) -> pd.DataFrame:
+def records(results: str | Path, preset: str | None = None, variants: bool = False) -> pd.DataFrame:
+    """The preset's runs, one row each: the paper's six methods, and with `variants` every run."""
     root = Path(results) / preset if preset else Path(results)
     df = load_all(root)
     if df.empty:
         raise FileNotFoundError(f"no record.json under {root}; run `hupeft grid --preset {preset or '...'}` first")
-    df["method"] = pd.Categorical(df["method"], categories=METHOD_ORDER, ordered=True)
+    order = METHOD_ORDER + list(VARIANT_LABEL)
+    order += sorted(set(df["method"].dropna()) - set(order))
+    if not variants:
+        order = METHOD_ORDER
+        df = df[df["method"].isin(order)]
+    df = df.assign(method=pd.Categorical(df["method"], categories=order, ordered=True))
     return df.sort_values(["model", "benchmark", "method", "seed"]).reset_index(drop=True)
 
 
@@ -142,9 +153,11 @@ def table1_layout(t1: pd.DataFrame, paper: pd.DataFrame, glue: pd.DataFrame | No
     return tables
 
 
-def paired_comparisons(df: pd.DataFrame, treatment: str = "hybrid", value: str = "score") -> pd.DataFrame:
-    """`treatment` minus each baseline over the seeds both ran, per model, benchmark and metric
-    (value="score"), or on the last epoch's validation loss (value="val_loss")."""
+def paired_comparisons(df: pd.DataFrame, treatment: str = "hybrid", value: str = "score",
+                       baselines: list[str] | None = None) -> pd.DataFrame:
+    """`treatment` minus each baseline (default: every other of the paper's methods) over the seeds
+    both ran, per model, benchmark and metric (value="score"), or on the last epoch's validation
+    loss (value="val_loss")."""
     from .stats import paired_difference
 
     ok = df[df["status"] == "ok"]
@@ -158,12 +171,12 @@ def paired_comparisons(df: pd.DataFrame, treatment: str = "hybrid", value: str =
         by = {m: dict(zip(x["seed"], x["value"])) for m, x in g.groupby("method", observed=True)}
         if treatment not in by:
             continue
-        for base in [m for m in METHOD_ORDER if m != treatment and m in by]:
+        for base in [m for m in (baselines or METHOD_ORDER) if m != treatment and m in by]:
             iv = paired_difference(by[treatment], by[base])
             if iv.n == 0:
                 continue
             rows.append({"model": model, "benchmark": bench, "metric": metric,
-                         "comparison": f"{METHOD_LABEL[treatment]} − {METHOD_LABEL[base]}",
+                         "comparison": f"{LABEL.get(treatment, treatment)} − {LABEL.get(base, base)}",
                          "baseline": base, "seeds": iv.n, "difference": iv.mean, "ci95": iv.half_width,
                          "low": iv.low, "high": iv.high, "resolved": iv.excludes_zero})
     return pd.DataFrame(rows)
@@ -202,13 +215,125 @@ def epochs_long(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+# --- inside the hybrid and the uRNN ----------------------------------------------------------------
+
+# lambda above this in every layer: the hybrid is LoRA-GA with a BOFT branch weighted below 5%
+# (below 1 - DEGENERATE in every layer: BOFT with a LoRA-GA branch below 5%).
+DEGENERATE = 0.95
+
+
+def _options(r) -> dict:
+    return (r["record"].get("config") or {}).get("method_options") or {}
+
+
+def lambda_rule(r) -> str:
+    """A hybrid run's lambda rule as it ran (from its record's options), EMA included."""
+    opts = _options(r)
+    ema = opts.get("lambda_ema") or 0.0
+    return str(opts.get("lambda_rule", "?")) + (f", EMA {ema:g}" if ema else "")
+
+
+def _hybrid_runs(df: pd.DataFrame):
+    return [r for _, r in df[df["status"] == "ok"].iterrows() if r["record"].get("hybrid_lambda")]
+
+
 def lambda_long(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per hybrid run (any rule), layer and optimiser step: lambda after that step."""
     rows = []
-    for _, r in df[(df["method"] == "hybrid") & (df["status"] == "ok")].iterrows():
-        for layer, values in (r["record"].get("hybrid_lambda") or {}).items():
+    for r in _hybrid_runs(df):
+        rule = lambda_rule(r)
+        for layer, values in r["record"]["hybrid_lambda"].items():
             for i, v in enumerate(values):
-                rows.append({"model": r["model"], "benchmark": r["benchmark"], "seed": r["seed"],
-                             "layer": layer, "step": i + 1, "lambda": v})
+                rows.append({"model": r["model"], "benchmark": r["benchmark"], "method": str(r["method"]),
+                             "rule": rule, "seed": r["seed"], "layer": layer, "step": i + 1, "lambda": v})
+    return pd.DataFrame(rows)
+
+
+def branch_long(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per hybrid run, epoch and layer: how far each branch moved the weight relative to
+    |W0|, unmixed (`*_delta`) and as mixed by lambda (`*_change`)."""
+    rows = []
+    for r in _hybrid_runs(df):
+        rule = lambda_rule(r)
+        for ep in r["record"]["epochs"]:
+            delta, change = ep.get("branch_delta") or {}, ep.get("branch_change") or {}
+            for layer, (lora, boft) in change.items():
+                d = delta.get(layer, (float("nan"), float("nan")))
+                rows.append({"model": r["model"], "benchmark": r["benchmark"], "method": str(r["method"]),
+                             "rule": rule, "seed": r["seed"], "epoch": ep["epoch"], "layer": layer,
+                             "lora_delta": d[0], "boft_delta": d[1], "lora_change": lora, "boft_change": boft})
+    return pd.DataFrame(rows)
+
+
+def lambda_summary(lam: pd.DataFrame, branches: pd.DataFrame) -> pd.DataFrame:
+    """Per hybrid run: lambda at the last step over layers (mean, min, max), the share of layers
+    above DEGENERATE, below 1 - DEGENERATE and in between (`mixed`), the first step from which
+    every layer stays above, below or beyond (either side of) it, which branch the run reduces to
+    when no layer is mixed, and BOFT's share of the weight movement at the last epoch (sum over
+    layers of the mixed |dW|)."""
+    if lam.empty:
+        return pd.DataFrame()
+    keys = ["model", "benchmark", "method", "rule", "seed"]
+    moved = dict(list(branches.groupby(keys, sort=False))) if not branches.empty else {}
+    rows = []
+    for key, g in lam.groupby(keys, sort=False):
+        wide = g.pivot(index="step", columns="layer", values="lambda").sort_index()
+        last = wide.iloc[-1]
+        row = dict(zip(keys, key), layers=wide.shape[1], steps=wide.shape[0], final_mean=float(last.mean()),
+                   final_min=float(last.min()), final_max=float(last.max()),
+                   above=float((last > DEGENERATE).mean()), below=float((last < 1 - DEGENERATE).mean()))
+        row["mixed"] = float(((last >= 1 - DEGENERATE) & (last <= DEGENERATE)).mean())  # counted: no float residue
+        # Every layer past the threshold: the hybrid is one branch (the same one in every layer,
+        # or "per layer" when some layers are LoRA-GA alone and others BOFT alone).
+        row["one_branch"] = ("LoRA-GA" if row["above"] == 1 else "BOFT" if row["below"] == 1
+                             else "per layer" if row["mixed"] == 0 else "")
+        beyond = wide.gt(DEGENERATE) | wide.lt(1 - DEGENERATE)
+        for side, inside in (("above", wide.gt(DEGENERATE).all(axis=1)), ("below", wide.lt(1 - DEGENERATE).all(axis=1)),
+                             ("beyond", beyond.all(axis=1))):
+            # The first step from which every later step has every layer past the threshold.
+            stays = inside[::-1].cummin()[::-1]
+            row[f"all_{side}_from"] = int(stays.idxmax()) if stays.any() else None
+        b = moved.get(key)
+        if b is not None:
+            end = b[b["epoch"] == b["epoch"].max()]
+            total = end["lora_change"].sum() + end["boft_change"].sum()
+            row["boft_share"] = float(end["boft_change"].sum() / total) if total > 0 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def unitary_long(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per uRNN run (either variant) and epoch: how far U moved from the identity
+    (|U - I|_F / sqrt(d), mean and max over layers), its unitarity error max |U^H U - I| over
+    layers, and the re-projections so far."""
+    rows = []
+    for _, r in df[df["status"] == "ok"].iterrows():
+        opts = _options(r)
+        if "variant" not in opts:
+            continue
+        for ep in r["record"]["epochs"]:
+            dist = list((ep.get("unitary_distance") or {}).values())
+            if not dist:
+                continue
+            rows.append({"model": r["model"], "benchmark": r["benchmark"], "method": str(r["method"]),
+                         "variant": opts["variant"], "seed": r["seed"], "epoch": ep["epoch"],
+                         "distance_mean": sum(dist) / len(dist), "distance_max": max(dist),
+                         "unitarity_error": ep.get("orthogonality_error"),
+                         "renormalisations": ep.get("renormalisations")})
+    return pd.DataFrame(rows)
+
+
+def variant_scores(df: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """Per model, benchmark, metric and method (of `methods`): mean over seeds and its 95% interval."""
+    from .stats import mean_interval
+
+    long = scores_long(df[(df["status"] == "ok") & df["method"].isin(methods)])
+    rows = []
+    for (model, bench, metric, method), g in long.groupby(["model", "benchmark", "metric", "method"], observed=True):
+        iv = mean_interval(g["value"])
+        rows.append({"model": model, "benchmark": bench, "metric": metric, "method": str(method),
+                     "runs": ", ".join(f"{x:.1f}" for x in g.sort_values("seed")["value"]), "n": iv.n,
+                     "mean": iv.mean, "ci95": iv.half_width})
     return pd.DataFrame(rows)
 
 

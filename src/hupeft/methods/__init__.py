@@ -14,6 +14,8 @@
 | urnn   | a unitary U trained on the unitary group (Algorithm 1)       | ours    |
 | urnn-structured | urnn with U = D3 R2 F^-1 D2 Pi R1 F D1 under AdamW  | ours    |
 | hybrid | lambda * LoRA-GA + (1 - lambda) * BOFT, lambda from grad norms | ours |
+| hybrid-paper | hybrid with lambda from Algorithm 2's gradient norms as printed | ours |
+| hybrid-normalized | hybrid with those norms divided by each branch's weight | ours |
 """
 
 from __future__ import annotations
@@ -49,11 +51,21 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("urnn", "urnn"),
         MethodSpec("urnn-structured", "urnn", (("variant", "structured"),)),
         MethodSpec("hybrid", "hybrid"),
+        MethodSpec("hybrid-paper", "hybrid", (("lambda_rule", "paper"),)),
+        MethodSpec("hybrid-normalized", "hybrid", (("lambda_rule", "normalized"),)),
     ]
 }
 
+
+def family(name: str) -> str:
+    """The method a name runs (its module): "hybrid" for every hybrid variant, and so on."""
+    if name not in METHODS:
+        raise MethodError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name].module
+
+
 # Methods that read gradients of the base model before training starts.
-NEEDS_INIT_BATCHES = {"loraga", "hybrid"}
+NEEDS_INIT_BATCHES = {name for name, spec in METHODS.items() if spec.module in ("loraga", "hybrid")}
 
 
 def _module(name: str):
@@ -104,7 +116,7 @@ def check_fits(model: nn.Module, name: str, options: MethodOptions) -> None:
     for layer_name in find_target_linears(model, options.target_modules):
         lin = model.get_submodule(layer_name)
         d_in, d_out = lin.in_features, lin.out_features
-        if name in ("boft", "hybrid"):
+        if family(name) in ("boft", "hybrid"):
             from .boft.butterfly import check_butterfly_shape
 
             side = getattr(options, "side", "output")
@@ -113,7 +125,7 @@ def check_fits(model: nn.Module, name: str, options: MethodOptions) -> None:
                 check_butterfly_shape(dim, options.block_size, options.n_factors)
             except MethodError as e:
                 raise MethodError(f"{layer_name}: {e}") from None
-        if METHODS[name].module == "urnn":
+        if family(name) == "urnn":
             from .urnn import check_width
 
             check_width(layer_name, d_in if options.side == "input" else d_out, options)
@@ -140,4 +152,4 @@ def load(model: nn.Module, path: str | Path) -> Adapted:
 
 
 __all__ = ["METHODS", "NEEDS_INIT_BATCHES", "Adapted", "MethodError", "MethodOptions",
-           "apply", "check_fits", "load", "make_options", "options_class"]
+           "apply", "check_fits", "family", "load", "make_options", "options_class"]

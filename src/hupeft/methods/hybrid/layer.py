@@ -62,13 +62,20 @@ class HybridLinear(LoraGALinear):
         return tangent.norm()
 
     @torch.no_grad()
+    def branch_delta(self) -> tuple[float, float]:
+        """(|dW_LoRA|_F, |(R - I) W0|_F) / |W0|_F: how far each branch, unmixed, has moved the
+        layer's weight; it shows whether a branch's parameters train at all, whatever its weight."""
+        w0 = self.base_weight().float()
+        n0 = w0.norm()
+        rot = self.rotation.matrix().float()
+        return float(self.delta_weight().norm() / n0), float((rot @ w0 - w0).norm() / n0)
+
     def branch_change(self) -> tuple[float, float]:
         """(|lambda dW_LoRA|_F, |(1 - lambda)(R - I) W0|_F) / |W0|_F: how far each branch has moved
         the layer's weight, as mixed."""
-        w0 = self.base_weight().float()
-        lam, n0 = float(self.lam), w0.norm()
-        rot = self.rotation.matrix().float()
-        return (float(lam * self.delta_weight().norm() / n0), float((1 - lam) * (rot @ w0 - w0).norm() / n0))
+        lam = float(self.lam)
+        lora, boft = self.branch_delta()
+        return lam * lora, (1 - lam) * boft
 
     def merged_weight(self) -> torch.Tensor:
         w = self.base_weight()

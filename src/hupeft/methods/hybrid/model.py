@@ -147,5 +147,9 @@ class HybridAdapted(Adapted):
 
     @torch.no_grad()
     def movement(self) -> dict:
-        """Adds `branch_change` {layer: [LoRA-GA share, BOFT share]} (HybridLinear.branch_change)."""
-        return {**super().movement(), "branch_change": {n: list(l.branch_change()) for n, l in self.hybrid_layers().items()}}
+        """Adds, per layer, `branch_delta` [|dW_LoRA|, |(R - I) W0|] / |W0| (each branch unmixed) and
+        `branch_change`, the same weighted by lambda and 1 - lambda (what the mix applies)."""
+        delta = {n: l.branch_delta() for n, l in self.hybrid_layers().items()}
+        lam = self.lambdas()
+        return {**super().movement(), "branch_delta": {n: list(d) for n, d in delta.items()},
+                "branch_change": {n: [lam[n] * d[0], (1 - lam[n]) * d[1]] for n, d in delta.items()}}
