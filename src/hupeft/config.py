@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+STRATEGIES = ("ddp", "fsdp", "fsdp_offload")
+
+
 class ConfigError(ValueError):
     """Bad run input; the message is one line and names the fix."""
 
@@ -64,6 +67,11 @@ class RunConfig:
     """None, 4bit or 8bit (bitsandbytes; GPU only)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    strategy: str = "ddp"
+    """How several processes share the model: ddp (each holds all of it), fsdp (sharded) or
+    fsdp_offload (sharded, kept in CPU memory between uses)."""
+    processes: int = 1
+    """Processes (one per GPU) the run is launched with; more than one per node goes through accelerate."""
     init_batches: int = 4
     """Batches of `batch_size` training examples (the first of the seed's shuffle) from which
     LoRA-GA and the hybrid estimate the gradient at initialisation; the only such setting."""
@@ -252,8 +260,10 @@ def apply_overrides(cfg: RunConfig, pairs: list[str]) -> RunConfig:
     return RunConfig.from_dict(d)
 
 
-def validate(cfg: RunConfig) -> RunConfig:
-    """Check everything that can be checked without loading weights; resolve `task`.
+def validate(cfg: RunConfig, *, here: bool = True) -> RunConfig:
+    """Check everything that can be checked without loading weights; resolve `task`. With
+    `here` False (expanding or planning a grid, e.g. on a login node), what only the machine
+    that runs the cell can answer (a CUDA GPU for a quantized base) is left to that machine.
 
     The data is loaded and tokenized here (cheap: no model weights), so a data folder that
     cannot serve the benchmark or a max_len too short for its targets is refused up front."""
@@ -272,6 +282,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     _check_ranges(cfg)
+    if here:
+        _check_hardware(cfg)
     task = _resolve_task(cfg, bench)
     try:
         opts = methods.make_options(cfg.method, check_method_types(cfg.method, cfg.method_options))
@@ -283,8 +295,6 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 
 def _check_ranges(cfg: RunConfig) -> None:
-    import torch
-
     if cfg.epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {cfg.epochs}; e.g. --set epochs=1")
     for name in ("batch_size", "grad_accum", "max_len", "n_val", "eval_batch_size", "init_batches"):
@@ -308,11 +318,20 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(f"mixed_precision must be auto, no, bf16 or fp16, not {cfg.mixed_precision!r}")
     if cfg.quantization not in (None, "4bit", "8bit"):
         raise ConfigError(f"quantization must be none, 4bit or 8bit, not {cfg.quantization!r}")
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, not {cfg.strategy!r}; e.g. --set strategy=fsdp")
+    if cfg.processes < 1:
+        raise ConfigError(f"processes must be >= 1, got {cfg.processes}; e.g. --set processes=8")
+    if cfg.quantization and cfg.method == "full":
+        raise ConfigError("full fine-tuning cannot train a quantized base; drop quantization or pick an adapter")
+
+
+def _check_hardware(cfg: RunConfig) -> None:
+    import torch
+
     if cfg.quantization and not torch.cuda.is_available():
         raise ConfigError(f"quantization={cfg.quantization} needs a CUDA GPU (bitsandbytes); "
                           "run without it on this machine (--set quantization=none)")
-    if cfg.quantization and cfg.method == "full":
-        raise ConfigError("full fine-tuning cannot train a quantized base; drop quantization or pick an adapter")
 
 
 def _resolve_task(cfg: RunConfig, bench) -> str:
