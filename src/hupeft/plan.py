@@ -131,6 +131,8 @@ class Counts:
     layer_input_bytes: float
     largest_layer_bytes: float
     estimate_bytes: float
+    """LoRA-GA's gradient estimate held at once (all targets, or `estimate_layers` of them)."""
+    estimate_passes: int
     trains_base: bool
 
 
@@ -215,10 +217,8 @@ def _measure(config, task: str, method: str, options: dict, dtype, batch: int, s
     state = sum(b.numel() * _dtype_bytes(b.dtype) for b in adapted.model.buffers() if id(b) not in base_buffers)
     state += sum(p.numel() * _dtype_bytes(p.dtype) for p in added)
     targets = [n for n in adapted.adapter_layers()] if method in methods.NEEDS_INIT_BATCHES else []
-    estimate = 0
-    for n in targets:
-        layer = adapted.model.get_submodule(n)
-        estimate += layer.out_features * layer.in_features * 4
+    sizes = [adapted.model.get_submodule(n).out_features * adapted.model.get_submodule(n).in_features * 4
+             for n in targets]
     matmul = sum(m.weight.numel() for m in adapted.model.modules()
                  if isinstance(m, torch.nn.Linear) and m.weight is not None)
     # Saved tensors, each counted once (a view counts as its base); parameters and buffers that
@@ -239,7 +239,8 @@ def _measure(config, task: str, method: str, options: dict, dtype, batch: int, s
             "all_param_bytes": sum(p.numel() * _dtype_bytes(p.dtype) for p in all_params),
             "trainable": sum(p.numel() for p in tparams),
             "trainable_bytes": sum(p.numel() * _dtype_bytes(p.dtype) for p in tparams),
-            "state": state, "estimate": estimate, "matmul": matmul,
+            "state": state, "estimate": sum(sizes), "targets": len(sizes), "largest_target": max(sizes, default=0),
+            "matmul": matmul,
             "saved": sum(seen.values())}
 
 
@@ -252,22 +253,27 @@ def counts(name: str, task: str, method: str, options: dict, dtype, batch: int, 
 def _counts(name, task, method, options_json, dtype_name, batch, seq) -> Counts:
     import torch
 
-    config = model_config(name)
     dtype = getattr(torch, dtype_name.replace("torch.", ""))
-    options = json.loads(options_json)
+    return counts_from_config(model_config(name), task, method, json.loads(options_json), dtype, batch, seq)
+
+
+def counts_from_config(config, task: str, method: str, options: dict, dtype, batch: int, seq: int) -> Counts:
     depth = config.num_hidden_layers
     one = _measure(_set_depth(config, 1), task, method, options, dtype, batch, seq)
     two = _measure(_set_depth(config, 2), task, method, options, dtype, batch, seq)
     at = lambda key: one[key] + (depth - 1) * (two[key] - one[key])  # noqa: E731
     hidden = config.hidden_size
     act_bytes = _dtype_bytes(dtype)
+    targets, step = int(at("targets")), options.get("estimate_layers")
+    estimate = at("estimate") if not step or step >= targets else step * two["largest_target"]
+    passes = math.ceil(targets / step) if step and targets else 1
     return Counts(layers=depth, hidden=hidden, params=int(at("params")), matmul_params=int(at("matmul")),
                   weight_bytes=at("all_param_bytes"), trainable=int(at("trainable")),
                   trainable_bytes=at("trainable_bytes"), method_state_bytes=at("state"),
                   activation_bytes=at("saved"), layer_activation_bytes=two["saved"] - one["saved"],
                   layer_input_bytes=batch * seq * hidden * act_bytes,
                   largest_layer_bytes=two["all_param_bytes"] - one["all_param_bytes"],
-                  estimate_bytes=at("estimate"), trains_base=method == "full")
+                  estimate_bytes=estimate, estimate_passes=passes, trains_base=method == "full")
 
 
 # --- one cell ---------------------------------------------------------------------------------
@@ -417,7 +423,7 @@ def plan_cell(cfg, hw: Hardware, seeds: list[int] | None = None) -> CellPlan:
     per_token = forward * (3 if c.trains_base else 2) + (forward if cfg.gradient_checkpointing else 0)
     tokens = _train_tokens(cfg)
     init_tokens = cfg.init_batches * cfg.batch_size * cfg.max_len if c.estimate_bytes else 0
-    flops = per_token * tokens + 3 * forward * init_tokens
+    flops = per_token * tokens + 3 * forward * init_tokens * c.estimate_passes
     hours = flops / (cfg.processes * hw.gpu_flops * hw.utilisation) / 3600
     # Host memory per node: the offloaded shards, and per process the runtime and the weights as
     # they pass through the CPU on loading (at most one shard file of a few GB at a time).
