@@ -170,3 +170,17 @@ def test_gradient_estimate_in_passes_gives_the_same_factors():
         torch.testing.assert_close(passes[k], whole[k])
     assert plan.counts_from_config(make_tiny().config, "causal-lm", "loraga", {"estimate_layers": 1},
                                    torch.float32, 2, 8).estimate_passes == 4
+
+
+def test_grid_dry_run_of_the_paper_preset_works_without_a_gpu(capsys, monkeypatch):
+    import torch
+
+    from hupeft import grid
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert grid.cli_main(["--preset", "paper", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for model in plan.paper_models():
+        tasks = {line.split()[2] for line in lines if line.startswith("todo") and f" {model} " in line}
+        assert {t for t in tasks if t.startswith("glue/")} == {"glue/mnli", "glue/qqp", "glue/sst2", "glue/qnli"}
+    assert "486 cells" in lines[-1]
