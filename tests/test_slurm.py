@@ -70,7 +70,7 @@ def test_smoke_preset_as_arrays_then_nothing_to_rerun(cluster, tmp_path):
 
 def test_cancelled_task_resumes_from_its_checkpoint(cluster, tmp_path):
     preset = {"description": "one slow cell", "seeds": [0], "methods": ["lora"],
-              "defaults": {"epochs": 40, "n_train": 64, "n_val": 4, "n_eval": 4, "max_len": 64, "batch_size": 4,
+              "defaults": {"epochs": 40, "n_train": 64, "n_val": 4, "n_eval": 4, "max_len": 144, "batch_size": 4,
                            "max_new_tokens": 4, "checkpoint": True},
               "models": {"tiny-llama": {"benchmarks": ["mtbench"]}}}
     path = tmp_path / "slow.yaml"

@@ -122,6 +122,8 @@ class Counts:
     hidden: int
     params: int
     matmul_params: int
+    quantizable_params: int
+    """The base's linear weights but the output head: what bitsandbytes quantizes."""
     weight_bytes: float
     trainable: int
     trainable_bytes: float
@@ -221,6 +223,10 @@ def _measure(config, task: str, method: str, options: dict, dtype, batch: int, s
              for n in targets]
     matmul = sum(m.weight.numel() for m in adapted.model.modules()
                  if isinstance(m, torch.nn.Linear) and m.weight is not None)
+    head = adapted.model.get_output_embeddings() if hasattr(adapted.model, "get_output_embeddings") else None
+    head = head.weight.numel() if isinstance(head, torch.nn.Linear) else 0
+    adapter_linear = sum(m.weight.numel() for m in adapted.model.modules()
+                         if isinstance(m, torch.nn.Linear) and m.weight.requires_grad) if method != "full" else 0
     # Saved tensors, each counted once (a view counts as its base); parameters and buffers that
     # autograd saves (a linear's weight, for the input's gradient) are already counted as weights.
     held = {id(p) for p in all_params} | {id(b) for b in adapted.model.buffers()}
@@ -240,7 +246,7 @@ def _measure(config, task: str, method: str, options: dict, dtype, batch: int, s
             "trainable": sum(p.numel() for p in tparams),
             "trainable_bytes": sum(p.numel() * _dtype_bytes(p.dtype) for p in tparams),
             "state": state, "estimate": sum(sizes), "targets": len(sizes), "largest_target": max(sizes, default=0),
-            "matmul": matmul,
+            "matmul": matmul, "quantizable": matmul - head - adapter_linear,
             "saved": sum(seen.values())}
 
 
@@ -268,6 +274,7 @@ def counts_from_config(config, task: str, method: str, options: dict, dtype, bat
     estimate = at("estimate") if not step or step >= targets else step * two["largest_target"]
     passes = math.ceil(targets / step) if step and targets else 1
     return Counts(layers=depth, hidden=hidden, params=int(at("params")), matmul_params=int(at("matmul")),
+                  quantizable_params=int(at("quantizable")),
                   weight_bytes=at("all_param_bytes"), trainable=int(at("trainable")),
                   trainable_bytes=at("trainable_bytes"), method_state_bytes=at("state"),
                   activation_bytes=at("saved"), layer_activation_bytes=two["saved"] - one["saved"],
@@ -303,14 +310,12 @@ class Need:
 
 
 def _weights_bytes(c: Counts, quantization: str | None, dtype_bytes: int) -> float:
-    """Weights in memory: as built, or with the decoder linears quantized and the rest in fp32."""
+    """Weights in memory: as built, or with the base's linears but the output head (which
+    transformers keeps) quantized, and every other parameter in fp32 as
+    prepare_model_for_kbit_training leaves it."""
     if not quantization:
         return c.weight_bytes
-    linear = c.matmul_params - c.trainable * (0 if c.trains_base else 1)
-    # Adapter factors are Linear weights too in some methods; only the base's decoder linears are
-    # quantized, and the output head is kept (transformers skips it).
-    head = c.params - c.matmul_params
-    return linear * QUANT_BYTES[quantization] + max(head, 0) * 4 + c.trainable_bytes
+    return c.quantizable_params * QUANT_BYTES[quantization] + (c.params - c.quantizable_params) * 4
 
 
 def need(cfg, hw: Hardware, strategy: str, gpus: int, dtype_bytes: int, c: Counts) -> Need:
