@@ -114,8 +114,24 @@ def test_dry_run_prints_one_script_per_shape_without_submitting(tmp_path, capsys
     assert "srun" in multi and "scontrol show hostnames" in multi
     for s in scripts:
         assert "--partition=gpu" in s and "--account=lab" in s and "--qos=high" in s and "%4" in s
-        assert "--gres=gpu:8" in s
+        assert "--gres=gpu:8" in s and "--requeue" in s and "--time=" in s and "--mem=" in s
     assert not (tmp_path / "paper").exists()
+
+
+def test_cells_with_a_complete_record_are_not_submitted(tmp_path, capsys):
+    from hupeft.records import write_record
+
+    cells = presets.expand(presets.load_preset("smoke"), root=tmp_path)
+    done = cells[0]
+    done.out_dir.mkdir(parents=True)
+    (done.out_dir / "run.ipynb").write_text("{}")
+    write_record({"schema_version": 1, "status": "ok", "error": None, "config": done.config.to_dict(), "params": {},
+                  "epochs": [], "scores": {}, "metric_signatures": {}, "hybrid_lambda": None, "steps": [],
+                  "environment": {}, "started_at": 0, "finished_at": 0}, done.out_dir / "record.json")
+    hw = plan.Hardware(gpus_per_node=2)
+    assert launch_slurm.submit(cells, tmp_path, "smoke", launch_slurm.Options(cpus_per_gpu=1), hw, dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "1 of 12 cells already have a complete record; 11 to submit" in out and "--array=0-10" in out
 
 
 def test_multi_node_task_launches_accelerate_with_slurm_rank(tmp_path, monkeypatch):
