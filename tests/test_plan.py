@@ -19,7 +19,7 @@ METHODS = ["full", "lora", "loraga", "boft", "urnn", "hybrid"]
 
 @pytest.fixture(scope="module")
 def paper_plans():
-    cells = presets.expand(presets.load_preset("paper"), here=False)
+    cells = presets.expand(presets.load_preset("paper"), here=False, lookups=False)
     return cells, plan.plan_cells(cells, plan.Hardware())
 
 

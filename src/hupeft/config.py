@@ -294,6 +294,27 @@ def validate(cfg: RunConfig, *, here: bool = True) -> RunConfig:
     return dataclasses.replace(cfg, task=task)
 
 
+def validate_settings(cfg: RunConfig) -> RunConfig:
+    """The checks of `validate` that read no model config, tokenizer or data (so they need no
+    network): types, ranges, the method and its options; `task` resolved. For planning a grid."""
+    from hupeft import benchmarks, methods
+    from hupeft.methods import MethodError
+
+    cfg = RunConfig(**check_types(cfg.to_dict()))
+    if cfg.method not in methods.METHODS:
+        raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(sorted(methods.METHODS))}")
+    try:
+        bench = benchmarks.get(cfg.benchmark)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _check_ranges(cfg)
+    try:
+        methods.make_options(cfg.method, check_method_types(cfg.method, cfg.method_options))
+    except (MethodError, TypeError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    return dataclasses.replace(cfg, task=_resolve_task(cfg, bench))
+
+
 def _check_ranges(cfg: RunConfig) -> None:
     if cfg.epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {cfg.epochs}; e.g. --set epochs=1")

@@ -530,7 +530,7 @@ def cli_main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
         hw = hardware_from_args(args)
-        cells = expand(load_preset(args.preset), sets=args.sets, here=False)
+        cells = expand(load_preset(args.preset), sets=args.sets, here=False, lookups=False)
         plans = plan_cells(cells, hw)
     except (PlanError, GridError) as e:
         print(f"hupeft plan: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, apply_overrides, validate
+from .config import ConfigError, RunConfig, apply_overrides, validate, validate_settings
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -63,10 +63,12 @@ def cell_dir(root: Path, preset: str, cfg: RunConfig) -> Path:
 
 
 def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=None,
-           sets: list[str] = (), root: Path = Path("results"), here: bool = False) -> list[Cell]:
+           sets: list[str] = (), root: Path = Path("results"), here: bool = False,
+           lookups: bool = True) -> list[Cell]:
     """Every cell of the preset, filtered by the lists given; configs validated (no weights).
     With `here` False, what only the machine that runs a cell can check (a GPU for a quantized
-    base) is left to it, so a login node can expand and plan a GPU preset."""
+    base) is left to it, so a login node can expand and plan a GPU preset. With `lookups` False,
+    no model config, tokenizer or data is read either (hupeft.plan: no network, no waiting on it)."""
     all_models = preset["models"]
     root = Path(root).resolve()  # cells carry absolute paths: nothing depends on a working directory
     for wanted, have, what in ((models, all_models, "model"), (methods, preset["methods"], "method")):
@@ -92,7 +94,8 @@ def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=No
                     try:
                         cfg = RunConfig.from_dict({**settings, "model": model, "method": method,
                                                    "benchmark": bench, "seed": int(seed), "preset": preset["name"]})
-                        cfg = validate(apply_overrides(cfg, list(sets)), here=here)
+                        cfg = apply_overrides(cfg, list(sets))
+                        cfg = validate(cfg, here=here) if lookups else validate_settings(cfg)
                     except ConfigError as e:
                         raise GridError(f"{model} {bench} {method}: {e}") from None
                     cost = preset.get("cost_seconds", {}).get(model, 0)  # seconds, or {benchmark: seconds}

@@ -657,7 +657,7 @@ def preset_plan(preset: str = "paper", gpu_memory_gb: float = 80, gpus_per_node:
     from . import plan, presets
 
     hw = plan.Hardware(gpu_memory=gpu_memory_gb * plan.GB, gpus_per_node=gpus_per_node)
-    plans = plan.plan_cells(presets.expand(presets.load_preset(preset), here=False), hw)
+    plans = plan.plan_cells(presets.expand(presets.load_preset(preset), here=False, lookups=False), hw)
     rows = []
     for p in plans:
         n = p.need
