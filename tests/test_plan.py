@@ -50,6 +50,21 @@ def test_every_paper_cell_fits_nodes_of_8x80GB(paper_plans):
     assert big["full"].nodes == 8 and big["full"].quantization is None
 
 
+def test_resources_page_shows_every_model_and_method(paper_plans, monkeypatch):
+    from hupeft import pages, report
+
+    df = report.preset_plan("paper")
+    assert len(df) == 24 and df["fits"].all()
+    assert set(df["GPUs"]) == {1, 2, 4, 8, 16, 24, 64}
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(getattr(obj, "data", str(obj))))
+    pages.show_preset_plan(df, "paper")
+    text = "\n".join(map(str, shown))
+    assert "Every cell fits" in text and "Llama-3.1-405B" in text
+    for bad in (">None<", ">nan<", ">NaN<", "np.float64"):
+        assert bad not in text
+
+
 def test_parameter_counts_match_the_closed_forms_of_models_yaml():
     """The meta-device counts (extrapolated from depth 1 and 2) against the formulas in
     data/paper/models.yaml, computed there independently."""
