@@ -1,4 +1,4 @@
-"""`hupeft` command line: run | grid | reproduce | report | bench | humaneval.
+"""`hupeft` command line: run | grid | reproduce | report | plan | bench | humaneval.
 
 Each subcommand lives in the module that owns the work; this file only dispatches, so
 `hupeft --help` stays fast (no torch import until a subcommand needs it).
@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "grid": ("hupeft.grid", "cli_main", "expand a preset and execute every cell with papermill"),
     "reproduce": ("hupeft.grid", "reproduce_main", "grid, then report, then build the book"),
     "report": ("hupeft.report", "cli_main", "turn records into the book's tables and figures"),
+    "plan": ("hupeft.plan", "cli_main", "memory per GPU, GPUs, nodes and time of every cell of a preset"),
     "bench": ("hupeft.bench", "cli_main", "time training steps of every method on one model"),
     "humaneval": ("hupeft.benchmarks.humaneval", "cli_main", "score HumanEval completions in the sandbox"),
 }

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+
 class ConfigError(ValueError):
     """Bad run input; the message is one line and names the fix."""
 
@@ -272,8 +273,10 @@ def apply_overrides(cfg: RunConfig, pairs: list[str]) -> RunConfig:
     return RunConfig.from_dict(d)
 
 
-def validate(cfg: RunConfig) -> RunConfig:
-    """Check everything that can be checked without loading weights; resolve `task`.
+def validate(cfg: RunConfig, *, here: bool = True) -> RunConfig:
+    """Check everything that can be checked without loading weights; resolve `task`. With
+    `here` False (expanding or planning a grid, e.g. on a login node), what only the machine
+    that runs the cell can answer (a CUDA GPU for a quantized base) is left to that machine.
 
     The data is loaded and tokenized here (cheap: no model weights), so a data folder that
     cannot serve the benchmark or a max_len too short for its targets is refused up front."""
@@ -292,6 +295,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     _check_ranges(cfg)
+    if here:
+        _check_hardware(cfg)
     task = _resolve_task(cfg, bench)
     try:
         opts = methods.make_options(cfg.method, check_method_types(cfg.method, cfg.method_options))
@@ -300,6 +305,27 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_layer_shapes(cfg, task, opts)
     _check_data(cfg, bench, task)
     return dataclasses.replace(cfg, task=task)
+
+
+def validate_settings(cfg: RunConfig) -> RunConfig:
+    """The checks of `validate` that read no model config, tokenizer or data (so they need no
+    network): types, ranges, the method and its options; `task` resolved. For planning a grid."""
+    from hupeft import benchmarks, methods
+    from hupeft.methods import MethodError
+
+    cfg = RunConfig(**check_types(cfg.to_dict()))
+    if cfg.method not in methods.METHODS:
+        raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(sorted(methods.METHODS))}")
+    try:
+        bench = benchmarks.get(cfg.benchmark)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _check_ranges(cfg)
+    try:
+        methods.make_options(cfg.method, check_method_types(cfg.method, cfg.method_options))
+    except (MethodError, TypeError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    return dataclasses.replace(cfg, task=_resolve_task(cfg, bench))
 
 
 def _check_ranges(cfg: RunConfig) -> None:
@@ -340,10 +366,6 @@ def _check_precision(cfg: RunConfig) -> None:
     if cfg.quantization and cfg.method == "full":
         raise ConfigError("full fine-tuning cannot train a quantized base; drop quantization (--set quantization=none) "
                           "or pick an adapter method")
-    try:
-        quantization.check_supported(cfg.quantization)
-    except quantization.QuantizationError as e:
-        raise ConfigError(str(e)) from None
     _check_strategy(cfg)
 
 
@@ -354,8 +376,16 @@ def _check_strategy(cfg: RunConfig) -> None:
         distributed.check(cfg.strategy, cfg.processes)
     except distributed.LaunchError as e:
         raise ConfigError(str(e)) from None
-    if cfg.strategy in distributed.SHARDED and cfg.quantization:
-        raise ConfigError(f"strategy={cfg.strategy} does not shard a quantized base here; use --set strategy=ddp")
+
+
+def _check_hardware(cfg: RunConfig) -> None:
+    """What only the machine that runs the cell can check (bitsandbytes and what it supports here)."""
+    from hupeft import quantization
+
+    try:
+        quantization.check_supported(cfg.quantization)
+    except quantization.QuantizationError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _resolve_task(cfg: RunConfig, bench) -> str:

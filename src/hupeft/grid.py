@@ -1,9 +1,10 @@
-"""Presets -> cells -> executed notebooks: `hupeft grid` and `hupeft reproduce`.
+"""The local grid: a preset's cells executed here with papermill (`hupeft grid`, `hupeft reproduce`).
 
-A preset (YAML in hupeft/presets/) names models, their benchmarks, methods, seeds and
-settings. Each cell (model x benchmark x method x seed) is one papermill execution of
-notebooks/run.ipynb into results/<preset>/<model>/<benchmark>/<method>/seed<k>/, which writes
-record.json beside the executed notebook.
+A preset (YAML in hupeft/presets/, expanded by hupeft.presets) names models, their benchmarks,
+methods, seeds and settings. Each cell (model x benchmark x method x seed) is one papermill
+execution of notebooks/run.ipynb into results/<preset>/<model>/<benchmark>/<method>/seed<k>/,
+which writes record.json beside the executed notebook. `--launcher slurm` hands the cells to
+hupeft.launch_slurm instead.
 
 Settings are merged in this order, later wins: preset defaults, benchmark_settings,
 the model's settings, method_settings, the model's own method_settings, then --set on the
@@ -15,123 +16,27 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .config import ConfigError, RunConfig, apply_overrides, validate
 from .executor import execute_notebook
-from .records import RECORD_NAME, atomic_write_text, read_record
+from .presets import Cell, GridError, cell_dir, expand, load_preset, preset_names  # noqa: F401  (re-exported)
+from .records import RECORD_NAME, read_record
 
-PRESET_DIR = Path(__file__).parent / "presets"
 NOTEBOOK_NAME = "run.ipynb"
 PARTIAL_NAME = ".run.partial.ipynb"  # papermill writes here; renamed to NOTEBOOK_NAME when it ends
 
 
-class GridError(ValueError):
-    """Bad grid input; the message is one line and names the fix."""
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def load_preset(name: str) -> dict:
-    import yaml
-
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.exists():
-        path = Path(name)
-        if not (path.suffix in (".yaml", ".yml") and path.exists()):
-            raise GridError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())} or a .yaml path")
-    preset = yaml.safe_load(path.read_text())
-    preset["name"] = path.stem
-    return preset
-
-
-@dataclass
-class Cell:
-    preset: str
-    config: RunConfig
-    out_dir: Path
-    gpus: int = 1
-    cost_seconds: float = 0.0
-
-    @property
-    def label(self) -> str:
-        c = self.config
-        return f"{c.model} {c.benchmark} {c.method} seed{c.seed}"
-
-    def parameters(self) -> dict[str, Any]:
-        """The notebook's parameters (papermill injects them)."""
-        d = self.config.to_dict()
-        fixed = {k: d.pop(k) for k in ("model", "method", "benchmark", "seed", "preset")}
-        return {**fixed, "overrides": d, "out_dir": str(self.out_dir.resolve()), "gpus": self.gpus}
-
-
-def cell_dir(root: Path, preset: str, cfg: RunConfig) -> Path:
-    safe = lambda s: s.replace("/", "-")  # noqa: E731  hub ids and benchmark names hold slashes
-    return root / preset / safe(cfg.model) / safe(cfg.benchmark) / cfg.method / f"seed{cfg.seed}"
-
-
-def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=None,
-           sets: list[str] = (), root: Path = Path("results")) -> list[Cell]:
-    """Every cell of the preset, filtered by the lists given; configs validated (no weights)."""
-    all_models = preset["models"]
-    root = Path(root).resolve()  # cells carry absolute paths: nothing depends on a working directory
-    for wanted, have, what in ((models, all_models, "model"), (methods, preset["methods"], "method")):
-        bad = sorted(set(wanted or ()) - set(have))
-        if bad:
-            raise GridError(f"{what}(s) {bad} not in preset {preset['name']}; it has {', '.join(have)}")
-    method_seeds = preset.get("method_seeds") or {}
-    for method, own in method_seeds.items():
-        if method not in preset["methods"] or not set(own) <= set(preset["seeds"]):
-            raise GridError(f"method_seeds of preset {preset['name']}: {method}: {own} must name one of its "
-                            f"methods and a subset of its seeds {preset['seeds']}; fix the preset")
-    cells = []
-    for model, spec in all_models.items():
-        if models and model not in models:
-            continue
-        for bench in spec["benchmarks"]:
-            if benchmarks and bench not in benchmarks:
-                continue
-            for method in preset["methods"]:
-                if methods and method not in methods:
-                    continue
-                for seed in (seeds if seeds is not None else method_seeds.get(method, preset["seeds"])):
-                    settings = {**preset.get("defaults", {}),
-                                **preset.get("benchmark_settings", {}).get(bench, {}),
-                                **spec.get("settings", {}),
-                                **preset.get("method_settings", {}).get(method, {}),
-                                **spec.get("method_settings", {}).get(method, {})}
-                    try:
-                        cfg = RunConfig.from_dict({**settings, "model": model, "method": method,
-                                                   "benchmark": bench, "seed": int(seed), "preset": preset["name"]})
-                        cfg = validate(apply_overrides(cfg, list(sets)))
-                    except ConfigError as e:
-                        raise GridError(f"{model} {bench} {method}: {e}") from None
-                    cost = preset.get("cost_seconds", {}).get(model, 0)  # seconds, or {benchmark: seconds}
-                    cost = cost.get(bench, 0) if isinstance(cost, dict) else cost
-                    cells.append(Cell(preset["name"], cfg, cell_dir(root, preset["name"], cfg),
-                                      int(spec.get("gpus", 1)), float(cost)))
-    if benchmarks:
-        found = {c.config.benchmark for c in cells}
-        if not found:
-            raise GridError(f"no cell of preset {preset['name']} has benchmark(s) {benchmarks}")
-    return cells
-
-
-def is_done(cell: Cell) -> bool:
+def is_done(cell: Cell, notebook: bool = True) -> bool:
     """A complete record (ok or diverged) written with exactly this cell's parameters, beside the
     executed notebook. The record is written before the notebook's last cells finish, so a grid
-    killed in between leaves a partial notebook: that cell is not done and runs again."""
-    if (cell.out_dir / PARTIAL_NAME).exists() or not (cell.out_dir / NOTEBOOK_NAME).exists():
+    killed in between leaves a partial notebook: that cell is not done and runs again. A cell run
+    across nodes has no notebook (`accelerate launch` runs it): `notebook=False` asks for the
+    record alone."""
+    if notebook and ((cell.out_dir / PARTIAL_NAME).exists() or not (cell.out_dir / NOTEBOOK_NAME).exists()):
         return False
     path = cell.out_dir / RECORD_NAME
     try:
@@ -232,40 +137,6 @@ def default_notebook() -> Path:
     raise GridError("notebooks/run.ipynb not found; run from a clone of the hupeft repository")
 
 
-def slurm_script(cells: list[Cell], root: Path, preset: str) -> Path:
-    """An sbatch array script: task i executes cell i with papermill."""
-    folder = root / preset / "slurm"
-    folder.mkdir(parents=True, exist_ok=True)
-    listing = [{"parameters": c.parameters(), "out_dir": str(c.out_dir), "gpus": c.gpus} for c in cells]
-    atomic_write_text(folder / "cells.json", json.dumps(listing, indent=1))
-    gpus = max(c.gpus for c in cells)
-    script = f"""#!/bin/bash
-#SBATCH --job-name=hupeft-{preset}
-#SBATCH --array=0-{len(cells) - 1}
-#SBATCH --gres=gpu:{gpus}
-#SBATCH --output={folder}/%A_%a.log
-# One task per cell; multi-GPU cells run under `accelerate launch` from inside the notebook.
-{sys.executable} -m hupeft.grid --run-cell {folder / 'cells.json'} --index $SLURM_ARRAY_TASK_ID
-"""
-    path = folder / "array.sbatch"
-    atomic_write_text(path, script)
-    return path
-
-
-def run_cell_from_listing(listing: Path, index: int) -> int:
-    entry = json.loads(Path(listing).read_text())[index]
-    params = dict(entry["parameters"])
-    cfg = RunConfig.from_dict({**params.pop("overrides"), **{k: params[k] for k in
-                                                            ("model", "method", "benchmark", "seed", "preset")}})
-    cell = Cell(cfg.preset or "", cfg, Path(entry["out_dir"]), entry["gpus"])
-    if is_done(cell):
-        return 0
-    ok, error = execute(cell, default_notebook())
-    if not ok:
-        print(f"FAILED {cell.label}: {error}", file=sys.stderr)
-    return 0 if ok else 1
-
-
 def parser() -> argparse.ArgumentParser:
     csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     p = argparse.ArgumentParser(prog="hupeft grid", description=__doc__,
@@ -281,9 +152,17 @@ def parser() -> argparse.ArgumentParser:
                    help="cells executed at once (local launcher; default: the preset's `jobs`, else 1)")
     p.add_argument("--launcher", choices=["local", "slurm"], default="local", help="where cells run")
     p.add_argument("--results", default="results", help="results root (default: results/)")
-    p.add_argument("--dry-run", action="store_true", help="print the cells and a cost estimate; run nothing")
-    p.add_argument("--run-cell", help=argparse.SUPPRESS)
-    p.add_argument("--index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the cells and a cost estimate (with --launcher slurm, the sbatch scripts); run nothing")
+    slurm = p.add_argument_group("slurm launcher (resources per cell from `hupeft plan`)")
+    slurm.add_argument("--partition", help="sbatch --partition")
+    slurm.add_argument("--account", help="sbatch --account")
+    slurm.add_argument("--qos", help="sbatch --qos")
+    slurm.add_argument("--throttle", type=int, help="at most this many tasks of each array at once")
+    slurm.add_argument("--gpu-memory", default="80GB", help="memory of one GPU (default: 80GB)")
+    slurm.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default: 8)")
+    slurm.add_argument("--cpus-per-gpu", type=int, default=8, help="CPUs asked per GPU (default: 8)")
+    slurm.add_argument("--max-time", type=int, default=None, metavar="MINUTES", help="cap on each task's --time")
     return p
 
 
@@ -299,6 +178,8 @@ def grid_from_args(args) -> int:
     except GridError as e:
         print(f"hupeft grid: {e}", file=sys.stderr)
         return 2
+    if args.launcher == "slurm":
+        return _slurm(args, cells, preset["name"])
     if args.dry_run:
         todo = [c for c in cells if not is_done(c)]
         for c in cells:
@@ -307,15 +188,6 @@ def grid_from_args(args) -> int:
         print(f"{len(cells)} cells, {len(todo)} to run; estimated {est / 60:.1f} min "
               f"({args.launcher}, {args.jobs} job(s))")
         return 0
-    if args.launcher == "slurm":
-        script = slurm_script(cells, Path(args.results), preset["name"])
-        if not shutil.which("sbatch"):
-            print(f"hupeft grid: sbatch not found; wrote {script} (submit it on the cluster) "
-                  "or use --launcher local", file=sys.stderr)
-            return 2
-        out = subprocess.run(["sbatch", str(script)], capture_output=True, text=True)
-        print(out.stdout.strip() or out.stderr.strip())
-        return out.returncode
     t0 = time.time()
     failures = run_grid(cells, jobs=args.jobs)
     print(f"grid {preset['name']}: {len(cells) - len(failures)} of {len(cells)} cells ok "
@@ -325,11 +197,30 @@ def grid_from_args(args) -> int:
     return 1 if failures else 0
 
 
+def _slurm(args, cells: list[Cell], preset: str) -> int:
+    from . import launch_slurm
+    from .plan import Hardware, PlanError, parse_bytes
+
+    try:
+        if args.throttle is not None and args.throttle < 1:
+            raise GridError(f"--throttle must be >= 1, got {args.throttle}")
+        if args.gpus_per_node < 1 or args.cpus_per_gpu < 1:
+            raise GridError("--gpus-per-node and --cpus-per-gpu must be >= 1")
+        hw = Hardware(gpu_memory=parse_bytes(args.gpu_memory), gpus_per_node=args.gpus_per_node)
+    except (GridError, PlanError) as e:
+        print(f"hupeft grid: {e}", file=sys.stderr)
+        return 2
+    if not args.dry_run and not shutil.which("sbatch"):
+        print("hupeft grid: sbatch not found; run on a Slurm login node, add --dry-run to see the scripts, "
+              "or use --launcher local", file=sys.stderr)
+        return 2
+    opts = launch_slurm.Options(partition=args.partition, account=args.account, qos=args.qos,
+                                throttle=args.throttle, cpus_per_gpu=args.cpus_per_gpu, max_minutes=args.max_time)
+    return launch_slurm.submit(cells, Path(args.results), preset, opts, hw, dry_run=args.dry_run)
+
+
 def cli_main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    if args.run_cell:
-        return run_cell_from_listing(Path(args.run_cell), args.index)
-    return grid_from_args(args)
+    return grid_from_args(parser().parse_args(argv))
 
 
 def reproduce_main(argv: list[str]) -> int:

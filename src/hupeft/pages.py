@@ -763,3 +763,24 @@ def show_claims(text: pd.DataFrame, resources: pd.DataFrame) -> None:
     _html(resources.drop(columns=["section"]), wrap=True)
     for _, r in resources.iterrows():
         _glue(f"claim/{r['id']}/status", r["status"])
+
+
+# --- what a GPU preset needs (hupeft.plan) --------------------------------------------------------
+
+
+def show_preset_plan(plan_df: pd.DataFrame, preset: str = "paper") -> None:
+    if plan_df.empty:
+        _md(f"The `{preset}` preset has no cells.")
+        return
+    hw = plan_df.attrs.get("hardware")
+    nodes = f"nodes of {hw.gpus_per_node} GPUs with {hw.gpu_memory / 1e9:.0f} GB each" if hw else "the stated nodes"
+    bad = int((~plan_df["fits"]).sum())
+    _md(f"What each model and method of the `{preset}` preset needs on {nodes}, from `hupeft plan --preset "
+        f"{preset}` (counted on PyTorch's meta device from the models' configurations; nothing is loaded). "
+        "Memory is per GPU, for the benchmark with the longest sequences; GPU-hours are for training only, "
+        "summed over benchmarks and seeds, at the utilisation the plan states. "
+        + ("Every cell fits." if not bad else f"{bad} model-method pairs do not fit."))
+    shown = plan_df.drop(columns=["fits"]) if not bad else plan_df
+    _html(shown, digits=1)
+    _glue(f"plan/{preset}/pairs", len(plan_df))
+    _glue(f"plan/{preset}/gpu_hours", float(plan_df["GPU-hours"].sum()))

@@ -812,3 +812,38 @@ def check_resource_claims(rclaims: pd.DataFrame, f1: pd.DataFrame | None = None,
                               f"{_amount(c['value'], c['unit'])}".strip(),
                      "status": status, "check": paper, "ours": ours})
     return pd.DataFrame(rows)
+
+
+# --- what a GPU preset needs, from hupeft.plan ----------------------------------------------------
+
+
+def preset_plan(preset: str = "paper", gpu_memory_gb: float = 80, gpus_per_node: int = 8) -> pd.DataFrame:
+    """One row per model x method of `preset` as `hupeft plan` sees it (models' configs from
+    data/paper/models.yaml, nothing loaded): how the cells run, the largest memory per GPU over
+    their benchmarks, and GPU-hours of training summed over benchmarks and seeds."""
+    from . import plan, presets
+
+    hw = plan.Hardware(gpu_memory=gpu_memory_gb * plan.GB, gpus_per_node=gpus_per_node)
+    plans = plan.plan_cells(presets.expand(presets.load_preset(preset), here=False, lookups=False), hw)
+    rows = []
+    for p in plans:
+        n = p.need
+        rows.append({"model": plan.paper_models().get(p.model, {}).get("name", p.model), "method": p.method,
+                     "benchmark": p.benchmark, "strategy": p.strategy + (f" + {p.quantization} base" if p.quantization else ""),
+                     "GPUs": p.processes, "nodes": p.nodes, "peak": n.peak / plan.GB,
+                     "weights": n.weights / plan.GB, "gradients + optimiser": (n.grads + n.optimizer) / plan.GB,
+                     "activations": n.activations / plan.GB, "gradient estimate": n.estimate / plan.GB,
+                     "fits": p.feasible, "GPU-hours": p.hours * p.processes * len(p.seeds)})
+    long = pd.DataFrame(rows)
+    if long.empty:
+        return long
+    keys = ["model", "method", "strategy", "GPUs", "nodes"]
+    worst = long.loc[long.groupby(["model", "method"], sort=False)["peak"].idxmax()]
+    out = worst[keys + ["peak", "weights", "gradients + optimiser", "activations", "gradient estimate"]].copy()
+    out = out.merge(long.groupby(["model", "method"], sort=False).agg(
+        {"fits": "all", "GPU-hours": "sum", "benchmark": "count"}).reset_index(), on=["model", "method"])
+    out = out.rename(columns={"peak": "peak GB per GPU", "weights": "weights GB", "gradients + optimiser":
+                              "grads + optimiser GB", "activations": "activations GB",
+                              "gradient estimate": "gradient estimate GB", "benchmark": "benchmarks"})
+    out.attrs["hardware"] = hw
+    return out.reset_index(drop=True)

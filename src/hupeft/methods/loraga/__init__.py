@@ -26,8 +26,13 @@ def initial_factors(model: nn.Module, options: LoraGAOptions, init_batches, loss
     if init_batches is None:
         return {}
     # Every batch given is used: how many is the run's `init_batches` setting, the one place it is set.
-    grads = estimate_gradients(model, names, init_batches, loss_fn or default_loss)
-    return {n: loraga_factors(grads[n], options.r, options.stable_gamma) for n in names}
+    batches = list(init_batches)  # every pass sees the same batches
+    step = options.estimate_layers or len(names)
+    factors = {}
+    for i in range(0, len(names), step):
+        grads = estimate_gradients(model, names[i:i + step], batches, loss_fn or default_loss)
+        factors.update({n: loraga_factors(grads.pop(n), options.r, options.stable_gamma) for n in names[i:i + step]})
+    return factors
 
 
 def apply(model: nn.Module, options: LoraGAOptions, init_batches=None, loss_fn=default_loss) -> Adapted:

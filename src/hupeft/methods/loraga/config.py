@@ -22,6 +22,12 @@ class LoraGAOptions(MethodOptions):
     stable_gamma: float = 16.0
     """gamma of the official "stable" scale: A0 and B0 are multiplied by d_out^(1/4)/sqrt(gamma)
     (the official default: 16). Larger gamma: a smaller start, closer to plain LoRA."""
+    estimate_layers: int | None = None
+    """Targeted layers whose gradient is estimated per pass over the init batches (None: all in
+    one pass). Each pass holds only its layers' fp32 estimates, so a model whose estimates do not
+    fit at once (Llama-3.1-405B: 144 GB for q and v) is estimated in several passes; with no
+    dropout the factors are the same either way."""
+
     @property
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
@@ -32,6 +38,8 @@ class LoraGAOptions(MethodOptions):
                               "pass r=16 (the paper's) or another positive int")
         if self.alpha <= 0:
             raise MethodError(f"LoRA-GA alpha must be > 0, got {self.alpha}; pass alpha=32 (the paper's)")
+        if self.estimate_layers is not None and self.estimate_layers <= 0:
+            raise MethodError(f"LoRA-GA estimate_layers must be > 0 or None, got {self.estimate_layers}")
         if self.stable_gamma <= 0:
             raise MethodError(f"LoRA-GA stable_gamma must be > 0, got {self.stable_gamma}; "
                               "pass 16 (the official default)")
