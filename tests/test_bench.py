@@ -25,7 +25,8 @@ def test_json_keeps_every_round_with_intervals_and_trainable_counts(tmp_path):
                         "--threads", "1", "--precision", "bf16-mixed", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["model"] == "tiny-llama" and result["precision"] == "bf16-mixed" and result["rounds"] == 2
+    assert result["model"] == "tiny-llama" and result["precision"] == "bf16-mixed"
+    assert result["rounds"] == result["rounds_done"] == 2
     assert result["command"].startswith("hupeft bench --model tiny-llama")
     rows = result["methods"]
     assert list(rows) == ["frozen", "boft_m1", "peft_oft"]
@@ -92,7 +93,7 @@ def test_a_row_failing_in_one_round_keeps_the_others_and_says_so():
 def test_quick_mode_names_the_target_rows_and_a_short_schedule(monkeypatch, capsys):
     seen = {}
 
-    def fake_run(model, rows, targets, batch, seq, warmup, steps, threads, precision, rounds, seed):
+    def fake_run(model, rows, targets, batch, seq, warmup, steps, threads, precision, rounds, seed, save=None):
         seen.update(rows=rows, warmup=warmup, steps=steps, rounds=rounds)
         return {"methods": {}, "model": model, "batch": batch, "seq_len": seq, "targets": targets,
                 "precision": precision, "rounds": rounds, "steps": steps, "warmup": warmup}
@@ -132,12 +133,13 @@ def test_scale_sweeps_width_then_sequence_and_the_page_reads_it(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     pts = [(p["sweep"], p["width"], p["seq_len"]) for p in result["points"]]
-    assert pts == [("width", 64, 8), ("width", 128, 8), ("seq_len", 128, 8), ("seq_len", 128, 32)]
+    assert pts == [("width", 64, 8), ("seq_len", 128, 8), ("width", 128, 8), ("seq_len", 128, 32)]  # cheapest first
+    assert result["complete"] and result["points_planned"] == 4
     assert result["command"].startswith("hupeft bench --model tiny-llama --scale")
     assert "created_utc" in result["provenance"]
     # 64 x 64 vs 128 x 128: LoRA r=16 has 2 * 16 * d trainable numbers; BOFT m=3 b=8 3 * d/8 * 28 + d
-    lora = [p["methods"]["lora"]["trainable_params"] for p in result["points"][:2]]
-    boft = [p["methods"]["boft"]["trainable_params"] for p in result["points"][:2]]
+    lora = [p["methods"]["lora"]["trainable_params"] for p in result["points"][::2]]
+    boft = [p["methods"]["boft"]["trainable_params"] for p in result["points"][::2]]
     assert lora == [2 * 16 * 64, 2 * 16 * 128] and boft == [3 * 8 * 28 + 64, 3 * 16 * 28 + 128]
     f = scale_report.frame(result)
     assert len(f) == 4 * 3 and set(f["tokens"]) == {16, 64}

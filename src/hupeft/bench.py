@@ -90,8 +90,10 @@ def round_order(rows: list[str], round_index: int, seed: int) -> list[str]:
     return random.Random(seed * 100_003 + round_index).sample(rows, len(rows))
 
 
-def run_rounds(base: dict, rows: list[str], rounds: int, seed: int, measure, progress: bool = True) -> list[dict]:
-    """[{"order": [...], "results": {row: figures or {"error": ...}}}] for each round."""
+def run_rounds(base: dict, rows: list[str], rounds: int, seed: int, measure, progress: bool = True,
+               on_round=None) -> list[dict]:
+    """[{"order": [...], "results": {row: figures or {"error": ...}}}] for each round; after each
+    round, `on_round(rounds so far)`."""
     from tqdm import tqdm
 
     out = []
@@ -105,6 +107,8 @@ def run_rounds(base: dict, rows: list[str], rounds: int, seed: int, measure, pro
                 bar.write(f"round {r + 1}, {row}: failed: {results[row]['error']}")
             bar.update()
         out.append({"order": order, "results": results})
+        if on_round:
+            on_round(out)
     bar.close()
     return out
 
@@ -148,18 +152,25 @@ def summarise(rounds: list[dict], rows: list[str]) -> dict:
 
 def run(model_name: str, rows: list[str], targets, batch: int, seq: int, warmup: int, steps: int,
         threads: int | None, precision: str = "fp32", rounds: int = 5, seed: int = 0, progress: bool = True,
-        measure=None) -> dict:
+        measure=None, save=None) -> dict:
+    """The bench's result; `save(result so far)` after every round, so a bench cut short keeps
+    the rounds it finished (`rounds_done`)."""
     from . import models
 
     if model_name == "smollm2-135m":  # build the cached checkpoint once, so no measurement pays for it
         models.smollm2_checkpoint()
     base = {"model": model_name, "targets": list(targets), "batch": batch, "seq_len": seq, "warmup": warmup,
             "steps": steps, "precision": precision, "threads": threads, "memory_steps": 1}
-    data = run_rounds(base, rows, rounds, seed, measure or Measurer(), progress)
-    return {"model": model_name, "batch": batch, "seq_len": seq, "targets": list(targets), "warmup": warmup,
-            "steps": steps, "rounds": rounds, "seed": seed, "precision": precision, "threads": threads,
-            "interval": "95% t-interval over rounds; ratios taken within each round",
-            "order": [rd["order"] for rd in data], "methods": summarise(data, rows)}
+
+    def result(data: list[dict]) -> dict:
+        return {"model": model_name, "batch": batch, "seq_len": seq, "targets": list(targets), "warmup": warmup,
+                "steps": steps, "rounds": rounds, "rounds_done": len(data), "seed": seed, "precision": precision,
+                "threads": threads, "interval": "95% t-interval over rounds; ratios taken within each round",
+                "order": [rd["order"] for rd in data], "methods": summarise(data, rows)}
+
+    data = run_rounds(base, rows, rounds, seed, measure or Measurer(), progress,
+                      on_round=(lambda done: save(result(done))) if save else None)
+    return result(data)
 
 
 # --- presenting --------------------------------------------------------------------------------
@@ -191,7 +202,7 @@ def table(result: dict) -> str:
     first = next((r for r in result["methods"].values() if "device" in r), {})
     lines.append(f"\nmodel {result['model']}, batch {result['batch']} x {result['seq_len']}, targets "
                  f"{','.join(result['targets'])}, {result['precision']}; each figure: mean ± 95% interval over "
-                 f"{result['rounds']} interleaved rounds (ratios within rounds), a round's figure the median of "
+                 f"{result.get('rounds_done', result['rounds'])} interleaved rounds (ratios within rounds), a round's figure the median of "
                  f"{result['steps']} steps after {result['warmup']} warm-up; memory: {first.get('memory_kind', '?')}; "
                  f"{first.get('device', '?')}")
     return "\n".join(lines)
@@ -260,12 +271,15 @@ def cli_main(argv: list[str]) -> int:
         from .bench_scale import cli_scale
 
         return cli_scale(args, argv, rows, rounds, warmup, steps, widths, seq_lens)
-    result = run(args.model, rows, targets, args.batch, args.seq_len, warmup, steps, args.threads, args.precision,
-                 rounds, args.seed)
-    result["command"] = "hupeft bench " + " ".join(argv)
-    print(table(result))
-    if args.json_path:
-        from .records import atomic_write_text
+    command = "hupeft bench " + " ".join(argv)
 
-        atomic_write_text(Path(args.json_path), json.dumps(result, indent=2))
+    def save(result: dict) -> None:
+        if args.json_path:
+            from .records import atomic_write_text
+
+            atomic_write_text(Path(args.json_path), json.dumps({**result, "command": command}, indent=2))
+
+    result = run(args.model, rows, targets, args.batch, args.seq_len, warmup, steps, args.threads, args.precision,
+                 rounds, args.seed, save=save)
+    print(table({**result, "command": command}))
     return 1 if any("error" in r for r in result["methods"].values()) else 0

@@ -23,27 +23,38 @@ SEQ_SWEEP_WIDTH = 1024
 
 
 def points(widths: list[int], seq_lens: list[int], seq: int) -> list[dict]:
-    """The sweep's points: the width sweep at `seq`, then the sequence sweep at one width."""
+    """The sweep's points, cheapest (width x sequence length) first: the width sweep at `seq` and
+    the sequence sweep at one width (the point both contain is measured for each)."""
     at = max([w for w in widths if w <= SEQ_SWEEP_WIDTH] or [min(widths)])
-    return ([{"sweep": "width", "width": w, "seq_len": seq} for w in widths]
-            + [{"sweep": "seq_len", "width": at, "seq_len": s} for s in seq_lens])
+    pts = ([{"sweep": "width", "width": w, "seq_len": seq} for w in widths]
+           + [{"sweep": "seq_len", "width": at, "seq_len": s} for s in seq_lens])
+    return sorted(pts, key=lambda p: (p["width"] * p["seq_len"], p["sweep"]))
 
 
 def sweep(rows: list[str], widths: list[int], seq_lens: list[int], batch: int, seq: int, rounds: int,
-          warmup: int, steps: int, threads: int | None, precision: str, seed: int, progress: bool = True) -> dict:
+          warmup: int, steps: int, threads: int | None, precision: str, seed: int, progress: bool = True,
+          save=None) -> dict:
+    """Every point's bench; after each point `save(result so far)`, so a sweep cut short leaves
+    the points it finished (marked `complete: false`)."""
     from tqdm import tqdm
 
     from .bench import Measurer
 
     measure = Measurer()
-    out = []
-    for pt in tqdm(points(widths, seq_lens, seq), desc="scale", unit="point", disable=not progress):
-        result = run(f"{SINGLE_LAYER}{pt['width']}", rows, ["proj"], batch, pt["seq_len"], warmup, steps, threads,
-                     precision, rounds, seed, progress=False, measure=measure)
-        out.append({**pt, **{k: result[k] for k in ("batch", "rounds", "steps", "warmup", "methods", "order")}})
-    return {"kind": "scale", "batch": batch, "precision": precision, "threads": threads, "rounds": rounds,
-            "warmup": warmup, "steps": steps, "seed": seed, "widths": widths, "seq_lens": seq_lens,
-            "interval": "95% t-interval over rounds; ratios taken within each round", "points": out}
+    todo = points(widths, seq_lens, seq)
+    result = {"kind": "scale", "batch": batch, "precision": precision, "threads": threads, "rounds": rounds,
+              "warmup": warmup, "steps": steps, "seed": seed, "widths": widths, "seq_lens": seq_lens,
+              "interval": "95% t-interval over rounds; ratios taken within each round", "points": [],
+              "points_planned": len(todo), "complete": False}
+    for pt in tqdm(todo, desc="scale", unit="point", disable=not progress):
+        bench = run(f"{SINGLE_LAYER}{pt['width']}", rows, ["proj"], batch, pt["seq_len"], warmup, steps, threads,
+                    precision, rounds, seed, progress=False, measure=measure)
+        result["points"].append({**pt, **{k: bench[k] for k in ("batch", "rounds", "steps", "warmup", "methods",
+                                                                  "order")}})
+        result["complete"] = len(result["points"]) == len(todo)
+        if save:
+            save(result)
+    return result
 
 
 def provenance() -> dict:
@@ -76,14 +87,16 @@ def cli_scale(args, argv: list[str], rows: list[str], rounds: int, warmup: int, 
         print("hupeft bench: --widths must be positive multiples of 64 (every method's blocks divide them) "
               "and --seq-lens positive", file=sys.stderr)
         return 2
-    result = sweep(rows, widths, seq_lens, args.batch, args.seq_len, rounds, warmup, steps, args.threads,
-                   args.precision, args.seed)
-    result["command"] = "hupeft bench " + " ".join(argv)
-    result["provenance"] = provenance()
-    print("\n".join(summary_lines(result)))
-    if args.json_path:
-        from .records import atomic_write_text
+    header = {"command": "hupeft bench " + " ".join(argv), "provenance": provenance()}
 
-        atomic_write_text(Path(args.json_path), json.dumps(result, indent=2))
+    def save(result: dict) -> None:
+        if args.json_path:
+            from .records import atomic_write_text
+
+            atomic_write_text(Path(args.json_path), json.dumps({**result, **header}, indent=2))
+
+    result = sweep(rows, widths, seq_lens, args.batch, args.seq_len, rounds, warmup, steps, args.threads,
+                   args.precision, args.seed, save=save)
+    print("\n".join(summary_lines(result)))
     failed = any("error" in r for pt in result["points"] for r in pt["methods"].values())
     return 1 if failed else 0

@@ -97,7 +97,7 @@ def show(path: str | Path = SCALE_JSON) -> None:
     """The page: where the figures come from, the plot, and the growth exponents."""
     from IPython.display import Markdown, display
 
-    from .pages import _glue, _html, _show
+    from .pages import _html, _show
 
     result = load(path)
     f = frame(result)
@@ -107,10 +107,11 @@ def show(path: str | Path = SCALE_JSON) -> None:
         f"{result.get('threads') or 'default'} thread(s)), {prov.get('created_utc', '?')} UTC; "
         f"{result['rounds']} interleaved rounds per point, each a median of {result['steps']} steps after "
         f"{result['warmup']} warm-up; {result['interval']}. Every method adapts one d x d projection under "
-        f"a squared-error loss; blocks of BOFT, PEFT's OFT and the hybrid are 8 wide. "
-        f"{result.get('note', '')}"))
+        f"a squared-error loss; blocks of BOFT, PEFT's OFT and the hybrid are 8 wide."
+        + ("" if result.get("complete", True) else
+           f" The sweep was cut short: {len(result['points'])} of its {result['points_planned']} points "
+           "were measured, the cheapest first.")))
     _show(plot(f))
     display(Markdown("How each cost grows: the exponent k of a power law size^k fitted to the points "
                      "(1 = linear; the floor's exponent is the base layer's own)."))
     _html(growth(f), digits=2)
-    _glue("scale_points", int(len(result["points"])))
