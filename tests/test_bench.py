@@ -28,6 +28,7 @@ def test_json_keeps_every_round_with_intervals_and_trainable_counts(tmp_path):
     assert result["model"] == "tiny-llama" and result["precision"] == "bf16-mixed"
     assert result["rounds"] == result["rounds_done"] == 2
     assert result["command"].startswith("hupeft bench --model tiny-llama")
+    assert result["provenance"]["cpus"] >= 1 and result["provenance"]["load_average"] >= 0
     rows = result["methods"]
     assert list(rows) == ["frozen", "boft_m1", "peft_oft"]
     assert [sorted(o) for o in result["order"]] == [sorted(rows)] * 2

@@ -33,7 +33,10 @@ layer width and sequence length instead (see hupeft.bench_scale).
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
+import os
+import platform
 import random
 import sys
 from pathlib import Path
@@ -173,6 +176,16 @@ def run(model_name: str, rows: list[str], targets, batch: int, seq: int, warmup:
     return result(data)
 
 
+def provenance() -> dict:
+    """When and on what the figures were taken."""
+    import torch
+
+    return {"created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "machine": f"{platform.machine()}, {platform.system()}",
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(), "cpus": os.cpu_count(),
+            "load_average": os.getloadavg()[0]}  # how busy the machine was: its timings depend on it
+
+
 # --- presenting --------------------------------------------------------------------------------
 
 def fmt(iv: dict | None, digits: int = 2, scale: float = 1.0) -> str:
@@ -271,15 +284,15 @@ def cli_main(argv: list[str]) -> int:
         from .bench_scale import cli_scale
 
         return cli_scale(args, argv, rows, rounds, warmup, steps, widths, seq_lens)
-    command = "hupeft bench " + " ".join(argv)
+    header = {"command": "hupeft bench " + " ".join(argv), "provenance": provenance()}
 
     def save(result: dict) -> None:
         if args.json_path:
             from .records import atomic_write_text
 
-            atomic_write_text(Path(args.json_path), json.dumps({**result, "command": command}, indent=2))
+            atomic_write_text(Path(args.json_path), json.dumps({**result, **header}, indent=2))
 
     result = run(args.model, rows, targets, args.batch, args.seq_len, warmup, steps, args.threads, args.precision,
                  rounds, args.seed, save=save)
-    print(table({**result, "command": command}))
+    print(table(result))
     return 1 if any("error" in r for r in result["methods"].values()) else 0

@@ -9,12 +9,10 @@ over rounds, figures with 95% intervals.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import platform
 from pathlib import Path
 
-from .bench import run
+from .bench import provenance, run
 from .bench_rows import SINGLE_LAYER
 
 WIDTHS = [256, 512, 1024, 2048, 4096]
@@ -55,14 +53,6 @@ def sweep(rows: list[str], widths: list[int], seq_lens: list[int], batch: int, s
         if save:
             save(result)
     return result
-
-
-def provenance() -> dict:
-    import torch
-
-    return {"created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "machine": f"{platform.machine()}, {platform.system()}",
-            "torch": torch.__version__, "cuda": torch.cuda.is_available()}
 
 
 def summary_lines(result: dict) -> list[str]:

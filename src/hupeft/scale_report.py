@@ -79,7 +79,8 @@ def plot(f: pd.DataFrame):
                 if g.empty:
                     continue
                 ax.errorbar(g[x], g[y], yerr=g[half].fillna(0), label=LABEL.get(method, method),
-                            color=palette[method], marker="o", markersize=3, linewidth=1, capsize=2)
+                            color=palette[method], ecolor=(*palette[method], 0.35), elinewidth=0.8,
+                            marker="o", markersize=3, linewidth=1, capsize=2)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel(xlabel)
@@ -104,7 +105,9 @@ def show(path: str | Path = SCALE_JSON) -> None:
     prov = result.get("provenance", {})
     display(Markdown(
         f"Measured with `{result.get('command', '?')}` on {prov.get('machine', '?')} (torch {prov.get('torch', '?')}, "
-        f"{result.get('threads') or 'default'} thread(s)), {prov.get('created_utc', '?')} UTC; "
+        f"{result.get('threads') or 'default'} thread(s)"
+        + (f"; {prov['cpus']} CPUs, load average {prov['load_average']:.1f} when it started" if "cpus" in prov else "")
+        + f"), {prov.get('created_utc', '?')} UTC; "
         f"{result['rounds']} interleaved rounds per point, each a median of {result['steps']} steps after "
         f"{result['warmup']} warm-up; {result['interval']}. Every method adapts one d x d projection under "
         f"a squared-error loss; blocks of BOFT, PEFT's OFT and the hybrid are 8 wide."
