@@ -21,8 +21,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-ERROR_MARK = "HUPEFT-NOTEBOOK-ERROR: "
-
 
 class _Worker:
     """A `python -m hupeft.executor --serve` process: one JSON spec per line in, one reply out."""
