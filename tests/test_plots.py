@@ -7,7 +7,8 @@ import json
 import subprocess
 import sys
 
-RECORD = {"epochs": [{"epoch": 1, "train_loss": 2.0, "val_loss": 2.5}, {"epoch": 2, "train_loss": 1.5, "val_loss": None}],
+RECORD = {"epochs": [{"epoch": 1, "train_loss": 2.0, "val_loss": 2.5},
+                     {"epoch": 2, "train_loss": 1.5, "val_loss": None}],
           "steps": [{"step": 1, "grad_norm": 0.3}, {"step": 2, "grad_norm": 0.2}],
           "hybrid_lambda": {"layer.q": [0.5, 0.6], "layer.v": [0.5, 0.4]}}
 

@@ -215,7 +215,8 @@ def table(result: dict) -> str:
     first = next((r for r in result["methods"].values() if "device" in r), {})
     lines.append(f"\nmodel {result['model']}, batch {result['batch']} x {result['seq_len']}, targets "
                  f"{','.join(result['targets'])}, {result['precision']}; each figure: mean ± 95% interval over "
-                 f"{result.get('rounds_done', result['rounds'])} interleaved rounds (ratios within rounds), a round's figure the median of "
+                 f"{result.get('rounds_done', result['rounds'])} interleaved rounds (ratios within rounds), "
+                 f"a round's figure the median of "
                  f"{result['steps']} steps after {result['warmup']} warm-up; memory: {first.get('memory_kind', '?')}; "
                  f"{first.get('device', '?')}")
     return "\n".join(lines)
@@ -269,7 +270,8 @@ def cli_main(argv: list[str]) -> int:
     elif args.threads is not None and args.threads <= 0:
         error = "--threads must be > 0; leave it out for torch's default"
     elif args.json_path and not Path(args.json_path).resolve().parent.is_dir():
-        error = f"--json {args.json_path}: folder {Path(args.json_path).resolve().parent} does not exist; create it first"
+        folder = Path(args.json_path).resolve().parent
+        error = f"--json {args.json_path}: folder {folder} does not exist; create it first"
     elif not args.scale and (args.widths or args.seq_lens):
         error = "--widths and --seq-lens belong to --scale; add --scale"
     else:

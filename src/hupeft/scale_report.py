@@ -35,7 +35,8 @@ def frame(result: dict) -> pd.DataFrame:
             rows.append({"sweep": pt["sweep"], "width": pt["width"], "seq_len": pt["seq_len"],
                          "tokens": pt["batch"] * pt["seq_len"], "method": method,
                          "label": LABEL.get(method, method),
-                         "step_ms": 1e3 * r["step_seconds"]["mean"], "step_ms_half": 1e3 * r["step_seconds"]["half_width"],
+                         "step_ms": 1e3 * r["step_seconds"]["mean"],
+                         "step_ms_half": 1e3 * r["step_seconds"]["half_width"],
                          "memory_mib": r["peak_memory_bytes"]["mean"] / 2 ** 20,
                          "memory_mib_half": r["peak_memory_bytes"]["half_width"] / 2 ** 20,
                          "x_floor": r["step_ratio"].get("floor", {}).get("mean", math.nan)})
