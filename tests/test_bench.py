@@ -94,16 +94,18 @@ def test_a_row_failing_in_one_round_keeps_the_others_and_says_so():
 def test_quick_mode_names_the_target_rows_and_a_short_schedule(monkeypatch, capsys):
     seen = {}
 
-    def fake_run(model, rows, targets, batch, seq, warmup, steps, threads, precision, rounds, seed, save=None):
-        seen.update(rows=rows, warmup=warmup, steps=steps, rounds=rounds)
+    def fake_run(model, rows, targets, batch, seq, warmup, steps, threads, precision, rounds, seed, save=None,
+                 memory_rounds=None):
+        seen.update(rows=rows, warmup=warmup, steps=steps, rounds=rounds, memory_rounds=memory_rounds)
         return {"methods": {}, "model": model, "batch": batch, "seq_len": seq, "targets": targets,
                 "precision": precision, "rounds": rounds, "steps": steps, "warmup": warmup}
 
     monkeypatch.setattr(bench, "run", fake_run)
     assert bench.cli_main(["--quick"]) == 0
-    assert seen == {"rows": bench.QUICK_ROWS, "rounds": 3, "warmup": 1, "steps": 2}
+    assert seen == {"rows": bench.QUICK_ROWS, "rounds": 3, "warmup": 1, "steps": 1, "memory_rounds": 1}
     assert {"lora", "peft_lora", "boft", "boft_m1", "peft_oft", "hybrid", "frozen"} <= set(seen["rows"])
     assert bench.cli_main(["--quick", "--rounds", "7"]) == 0 and seen["rounds"] == 7
+    assert bench.cli_main([]) == 0 and seen["memory_rounds"] is None and seen["steps"] == 4
 
 
 @pytest.mark.parametrize("args,message", [
@@ -163,3 +165,20 @@ def test_growth_exponent_is_the_slope_of_the_power_law():
     assert g.loc["sequence length", "time exponent"] == pytest.approx(1.0)
     assert g.loc["sequence length", "memory exponent"] == pytest.approx(0.0, abs=1e-9)
     assert not math.isnan(g.loc["sequence length", "time exponent"])
+
+
+def test_memory_is_measured_only_in_the_first_memory_rounds():
+    asked = []
+
+    def fake_measure(spec):
+        asked.append(spec["memory_steps"])
+        out = {"step_seconds": 1.0, "trainable_params": 0, "device": "d"}
+        if spec["memory_steps"]:
+            out.update(peak_memory_bytes=10, memory_kind="m")
+        return out
+
+    data = bench.run_rounds({}, ["lora", "boft"], 3, 0, fake_measure, progress=False, memory_rounds=1)
+    assert asked == [1, 1, 0, 0, 0, 0]
+    s = bench.summarise(data, ["lora", "boft"])["boft"]
+    assert s["step_seconds"]["n"] == 3 and s["peak_memory_bytes"]["n"] == 1 and s["memory_ratio"]["lora"]["n"] == 1
+    assert s["memory_kind"] == "m"

@@ -26,8 +26,8 @@ Rows (butterfly and OFT blocks are 8 wide in every row):
   (exact Cayley), peft_boft_m1                           PEFT's own layers, as references
   frozen                                                 forward+backward through the frozen
                                                          model (inputs require grad): the floor
-`--quick` times the rows that the speed targets name, 3 rounds of 2 steps; `--scale` sweeps
-layer width and sequence length instead (see hupeft.bench_scale).
+`--quick` times the rows that the speed targets name, 3 rounds of 1 step, memory in the first;
+`--scale` sweeps layer width and sequence length instead (see hupeft.bench_scale).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from .bench_rows import PRECISIONS, ROWS
 
 # Reference rows of the ratio columns: column -> row.
 REFERENCES = {"lora": "lora", "oft": "peft_oft", "floor": "frozen", "full": "full"}
-QUICK_ROWS = ["frozen", "lora", "peft_lora", "loraga", "boft_m1", "boft", "peft_oft", "urnn", "hybrid"]
-QUICK = {"rounds": 3, "warmup": 1, "steps": 2}
+QUICK_ROWS = ["frozen", "lora", "peft_lora", "boft_m1", "boft", "peft_oft", "hybrid"]
+QUICK = {"rounds": 3, "warmup": 1, "steps": 1, "memory_rounds": 1}
 PRELOAD = ["torch", "transformers", "peft", "hupeft.models", "hupeft.methods", "hupeft.bench_rows"]
 
 
@@ -94,9 +94,9 @@ def round_order(rows: list[str], round_index: int, seed: int) -> list[str]:
 
 
 def run_rounds(base: dict, rows: list[str], rounds: int, seed: int, measure, progress: bool = True,
-               on_round=None) -> list[dict]:
-    """[{"order": [...], "results": {row: figures or {"error": ...}}}] for each round; after each
-    round, `on_round(rounds so far)`."""
+               on_round=None, memory_rounds: int | None = None) -> list[dict]:
+    """[{"order": [...], "results": {row: figures or {"error": ...}}}] for each round; peak memory
+    in the first `memory_rounds` (default: all); after each round, `on_round(rounds so far)`."""
     from tqdm import tqdm
 
     out = []
@@ -105,7 +105,8 @@ def run_rounds(base: dict, rows: list[str], rounds: int, seed: int, measure, pro
         order = round_order(rows, r, seed)
         results = {}
         for row in order:
-            results[row] = measure({**base, "row": row})
+            memory = memory_rounds is None or r < memory_rounds
+            results[row] = measure({**base, "row": row, "memory_steps": 1 if memory else 0})
             if "error" in results[row]:
                 bar.write(f"round {r + 1}, {row}: failed: {results[row]['error']}")
             bar.update()
@@ -136,9 +137,11 @@ def summarise(rounds: list[dict], rows: list[str]) -> dict:
         if errors:
             summary["error"] = errors[-1]
         if ok:
+            with_memory = [r for r in ok if "peak_memory_bytes" in r]
             summary.update(step_seconds=_interval([r["step_seconds"] for r in ok]),
-                           peak_memory_bytes=_interval([r["peak_memory_bytes"] for r in ok]),
-                           trainable_params=ok[0]["trainable_params"], memory_kind=ok[0]["memory_kind"],
+                           peak_memory_bytes=_interval([r["peak_memory_bytes"] for r in with_memory]),
+                           trainable_params=ok[0]["trainable_params"],
+                           memory_kind=with_memory[0]["memory_kind"] if with_memory else "not measured",
                            device=ok[0]["device"])
             ratios, memory = {}, {}
             for column, ref in REFERENCES.items():
@@ -147,7 +150,9 @@ def summarise(rounds: list[dict], rows: list[str]) -> dict:
                          and "error" not in rd["results"].get(ref, {"error": 1})]
                 if pairs:
                     ratios[column] = _interval([a["step_seconds"] / b["step_seconds"] for a, b in pairs])
-                    memory[column] = _interval([a["peak_memory_bytes"] / b["peak_memory_bytes"] for a, b in pairs])
+                    mem = [(a, b) for a, b in pairs if "peak_memory_bytes" in a and "peak_memory_bytes" in b]
+                    if mem:
+                        memory[column] = _interval([a["peak_memory_bytes"] / b["peak_memory_bytes"] for a, b in mem])
             summary["step_ratio"], summary["memory_ratio"] = ratios, memory
         per_row[row] = summary
     return per_row
@@ -155,7 +160,7 @@ def summarise(rounds: list[dict], rows: list[str]) -> dict:
 
 def run(model_name: str, rows: list[str], targets, batch: int, seq: int, warmup: int, steps: int,
         threads: int | None, precision: str = "fp32", rounds: int = 5, seed: int = 0, progress: bool = True,
-        measure=None, save=None) -> dict:
+        measure=None, save=None, memory_rounds: int | None = None) -> dict:
     """The bench's result; `save(result so far)` after every round, so a bench cut short keeps
     the rounds it finished (`rounds_done`)."""
     from . import models
@@ -163,16 +168,17 @@ def run(model_name: str, rows: list[str], targets, batch: int, seq: int, warmup:
     if model_name == "smollm2-135m":  # build the cached checkpoint once, so no measurement pays for it
         models.smollm2_checkpoint()
     base = {"model": model_name, "targets": list(targets), "batch": batch, "seq_len": seq, "warmup": warmup,
-            "steps": steps, "precision": precision, "threads": threads, "memory_steps": 1}
+            "steps": steps, "precision": precision, "threads": threads}
 
     def result(data: list[dict]) -> dict:
         return {"model": model_name, "batch": batch, "seq_len": seq, "targets": list(targets), "warmup": warmup,
-                "steps": steps, "rounds": rounds, "rounds_done": len(data), "seed": seed, "precision": precision,
+                "steps": steps, "rounds": rounds, "rounds_done": len(data), "memory_rounds": memory_rounds or rounds,
+                "seed": seed, "precision": precision,
                 "threads": threads, "interval": "95% t-interval over rounds; ratios taken within each round",
                 "order": [rd["order"] for rd in data], "methods": summarise(data, rows)}
 
     data = run_rounds(base, rows, rounds, seed, measure or Measurer(), progress,
-                      on_round=(lambda done: save(result(done))) if save else None)
+                      on_round=(lambda done: save(result(done))) if save else None, memory_rounds=memory_rounds)
     return result(data)
 
 
@@ -233,9 +239,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128, help="sequence length (default: 128)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: 5; --quick: 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per measurement (default: 2; --quick: 1)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: 4; --quick: 2)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: 4; --quick: 1)")
     p.add_argument("--quick", action="store_true",
-                   help="the rows the speed targets name, 3 rounds of 1 warm-up and 2 timed steps")
+                   help="the rows the speed targets name, 3 rounds of 1 warm-up and 1 timed step, peak memory "
+                        "in the first round (about 5 minutes on a quiet 2-core CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the rounds' orders (default: 0)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default); bf16-mixed: fp32 weights under bf16 autocast, as `hupeft run` "
@@ -295,6 +302,6 @@ def cli_main(argv: list[str]) -> int:
             atomic_write_text(Path(args.json_path), json.dumps({**result, **header}, indent=2))
 
     result = run(args.model, rows, targets, args.batch, args.seq_len, warmup, steps, args.threads, args.precision,
-                 rounds, args.seed, save=save)
+                 rounds, args.seed, save=save, memory_rounds=QUICK["memory_rounds"] if args.quick else None)
     print(table(result))
     return 1 if any("error" in r for r in result["methods"].values()) else 0

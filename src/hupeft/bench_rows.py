@@ -204,6 +204,8 @@ def measure(spec: dict) -> dict:
         out.update(peak_memory_bytes=int(torch.cuda.max_memory_allocated()), memory_kind="cuda_max_allocated")
         return out
     out["rss_with_cached_bytes"] = int(cached.peak - baseline)
+    if not spec.get("memory_steps", 1):  # a round that times only
+        return out
     _live_allocations()
     with PeakRSS() as live:
         for i in range(spec.get("memory_steps", 1)):
