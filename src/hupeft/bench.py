@@ -1,219 +1,230 @@
-"""`hupeft bench`: training-step time and peak memory of every method on one model.
+"""`hupeft bench`: training-step time and peak memory of every method, as 95% intervals over
+interleaved rounds.
 
-Each method runs in its own child processes, so that its peak memory is its own. Step time is
-the median over `--steps` timed steps after `--warmup` untimed ones (forward, backward, the
-method's hooks and the optimiser step), with the default allocator. Initialisation that happens
-once (LoRA-GA's gradient estimate) is not timed.
+A shared machine drifts: run each row once, one after the other, and the drift lands on whichever
+row runs then. So every row is measured once per round, in an order shuffled afresh each round,
+and each figure is a mean over rounds with its 95% t-interval. Ratios (x lora, x oft, x floor,
+x full) are taken within each round, where rows ran minutes apart rather than the whole bench
+apart, and then averaged with their own interval. The JSON keeps every round.
 
-Peak memory on GPU is torch.cuda.max_memory_allocated. On CPU there is no such counter, so a
-second child repeats a few steps with glibc told to return every block above 64 KiB to the OS
-(MALLOC_MMAP_THRESHOLD_): its resident set then follows the live tensors, as CUDA's "allocated"
-figure does, instead of also counting the free blocks malloc keeps (that second figure, as
-CUDA's "reserved" would, is in the JSON as `rss_with_cached_bytes`). That child is slower, which
-is why it is not the one timed. Both figures are the peak resident set sampled during the steps
-minus the resident set before the model was loaded: weights, training state and activations,
-without the Python runtime (see hupeft.memory).
+Each measurement is a fresh process, so its memory is its own, forked from a server that has
+already imported torch, transformers and peft (multiprocessing's forkserver), so a measurement
+does not pay some seconds of imports. Step time is the median of `--steps` timed steps after
+`--warmup` untimed ones (forward, backward, the method's hooks and the optimiser step).
+Initialisation that happens once (LoRA-GA's gradient estimate) is not timed.
 
-Rows:
-  full, lora, boft (m=3), boft_m1, loraga, urnn, hybrid   hupeft's methods
-  peft_lora, peft_boft_m1                               PEFT's own layers, as references
-  frozen                                                forward+backward through the frozen
-                                                        model (inputs require grad): the floor
+Peak memory on GPU is torch.cuda.max_memory_allocated. On CPU there is no such counter, so after
+the timed steps the same process tells glibc to return every block above 64 KiB to the OS and
+repeats one step: its resident set then follows the live tensors, as CUDA's "allocated" figure
+does, rather than also counting the free blocks malloc keeps (that figure, as CUDA's "reserved"
+would, is in the JSON as `rss_with_cached_bytes`). Both are the peak resident set sampled during
+the steps minus the resident set before the model was loaded (see hupeft.memory).
+
+Rows (butterfly and OFT blocks are 8 wide in every row):
+  full, lora, loraga, boft (m=3), boft_m1, urnn, hybrid   hupeft's methods (lora is PEFT's LoRA)
+  peft_lora, peft_loraga, peft_oft (OFT v2, Cayley-Neumann, PEFT's default), peft_oft_exact
+  (exact Cayley), peft_boft_m1                           PEFT's own layers, as references
+  frozen                                                 forward+backward through the frozen
+                                                         model (inputs require grad): the floor
+`--quick` times the rows that the speed targets name, 3 rounds of 1 step, memory in the first;
+`--scale` sweeps layer width and sequence length instead (see hupeft.bench_scale).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import os
-import statistics
-import subprocess
+import platform
+import random
 import sys
-import time
 from pathlib import Path
 
-ROWS = ["frozen", "full", "lora", "peft_lora", "loraga", "boft", "boft_m1", "peft_boft_m1",
-        "urnn", "hybrid"]
+from .bench_rows import PRECISIONS, ROWS
+
+# Reference rows of the ratio columns: column -> row.
+REFERENCES = {"lora": "lora", "oft": "peft_oft", "floor": "frozen", "full": "full"}
+QUICK_ROWS = ["frozen", "lora", "peft_lora", "boft_m1", "boft", "peft_oft", "hybrid"]
+QUICK = {"rounds": 3, "warmup": 1, "steps": 1, "memory_rounds": 1}
+PRELOAD = ["torch", "transformers", "peft", "hupeft.models", "hupeft.methods", "hupeft.bench_rows"]
 
 
-def _batch(vocab: int, batch: int, seq: int, seed: int):
-    import torch
+# --- measuring: one fresh process per row per round ------------------------------------------------
 
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab, (batch, seq), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+def _child(conn, spec: dict) -> None:
+    try:
+        from hupeft.bench_rows import measure
 
-
-def _prepare(row: str, model, targets, batch_fn):
-    """Apply the row's method; return (model to call, trainable params, before_step, after_step,
-    optimiser factory lr -> optimiser: the method's own, as a run builds it)."""
-    import torch
-
-    from hupeft import methods
-
-    noop = lambda: None  # noqa: E731
-    if row == "frozen":
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.enable_input_require_grads()  # backward runs through every layer, no weight grads
-        return model, [], noop, noop, None
-    if row == "peft_lora":
-        from peft import LoraConfig, get_peft_model
-
-        m = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=list(targets)))
-        params = [p for p in m.parameters() if p.requires_grad]
-        return m, params, noop, noop, lambda lr: torch.optim.AdamW(params, lr=lr)
-    if row == "peft_boft_m1":
-        from peft import BOFTConfig, get_peft_model
-
-        m = get_peft_model(model, BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=1,
-                                             target_modules=list(targets)))
-        params = [p for p in m.parameters() if p.requires_grad]
-        return m, params, noop, noop, lambda lr: torch.optim.AdamW(params, lr=lr)
-    name, opts = {"boft_m1": ("boft", {"n_factors": 1})}.get(row, (row, {}))
-    if name != "full":
-        opts["target_modules"] = tuple(targets)
-    init = [batch_fn(1000 + i) for i in range(2)] if name in methods.NEEDS_INIT_BATCHES else None
-    adapted = methods.apply(model, name, init_batches=init, **opts)
-    return (adapted.model, list(adapted.trainable_parameters().values()), adapted.before_step, adapted.after_step,
-            adapted.optimizer)
+        conn.send(measure(spec))
+    except BaseException as e:  # the parent reports it as this row's error in this round
+        conn.send({"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"})
+    finally:
+        conn.close()
 
 
-PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+class Measurer:
+    """Runs `bench_rows.measure(spec)` in a fresh process forked from a server that has the heavy
+    imports done (multiprocessing's forkserver). Nothing here touches this process's state."""
+
+    def __init__(self):
+        import multiprocessing as mp
+
+        self.ctx = mp.get_context("forkserver")
+        self.ctx.set_forkserver_preload(PRELOAD)
+
+    def __call__(self, spec: dict) -> dict:
+        parent, child = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_child, args=(child, spec))
+        proc.start()
+        child.close()
+        try:
+            result = parent.recv()
+        except EOFError:  # killed (out of memory, a signal) before it could answer
+            result = None
+        proc.join()
+        if result is None:
+            result = {"error": f"measuring process exited with {proc.exitcode} and no answer"}
+        return result
 
 
-def measure_one(row: str, model_name: str, targets, batch: int, seq: int, warmup: int, steps: int,
-                precision: str = "fp32") -> dict:
-    import contextlib
-
-    import torch
-
-    from hupeft import models
-    from hupeft.memory import PeakRSS, current_rss, trim
-
-    trim()
-    baseline = current_rss()
-    loaded = models.load(model_name, dtype=torch.bfloat16 if precision == "bf16" else None)
-    model = loaded.model
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    # bf16-mixed is what `hupeft run` does on a GPU: fp32 weights, bf16 autocast (accelerate).
-    autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if precision == "bf16-mixed" \
-        else contextlib.nullcontext
-    model.to(device)
-    vocab = model.config.vocab_size
-    batch_fn = lambda s: {k: v.to(device) for k, v in _batch(vocab, batch, seq, s).items()}  # noqa: E731
-    model.train()
-    call, params, before, after, make_opt = _prepare(row, model, targets, batch_fn)
-    opt = make_opt(1e-5) if params else None
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    sampler = PeakRSS()
-    for i in range(warmup + steps):
-        if i == warmup and not cuda:
-            sampler.__enter__()
-        b = batch_fn(i)
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with autocast():
-            loss = call(**b).loss
-        loss.float().backward()
-        before()
-        if opt:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        after()
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    if cuda:
-        peak, kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
-    else:
-        sampler.__exit__(None, None, None)
-        peak, kind = sampler.peak - baseline, "cpu_rss_above_baseline"
-    return {"step_seconds": statistics.median(times), "step_seconds_all": times,
-            "peak_memory_bytes": int(peak), "memory_kind": kind,
-            "trainable_params": int(sum(p.numel() for p in params)), "device": _device_name()}
+def round_order(rows: list[str], round_index: int, seed: int) -> list[str]:
+    """A fresh order per round, fixed by the seed, so no row always runs first or after another."""
+    return random.Random(seed * 100_003 + round_index).sample(rows, len(rows))
 
 
-def _device_name() -> str:
-    import platform
-
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
-def run(model_name: str, rows: list[str], targets, batch: int, seq: int, warmup: int, steps: int,
-        threads: int | None, precision: str = "fp32") -> dict:
+def run_rounds(base: dict, rows: list[str], rounds: int, seed: int, measure, progress: bool = True,
+               on_round=None, memory_rounds: int | None = None) -> list[dict]:
+    """[{"order": [...], "results": {row: figures or {"error": ...}}}] for each round; peak memory
+    in the first `memory_rounds` (default: all); after each round, `on_round(rounds so far)`."""
     from tqdm import tqdm
 
-    out = {"model": model_name, "batch": batch, "seq_len": seq, "targets": list(targets),
-           "warmup": warmup, "steps": steps, "precision": precision, "methods": {}}
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    # Build the cached checkpoint once in this process so no child pays for it while timed.
-    from hupeft import models
-
-    if model_name == "smollm2-135m":
-        models.smollm2_checkpoint()
-    import torch
-
-    live_env = None if torch.cuda.is_available() else {**env, "MALLOC_MMAP_THRESHOLD_": "65536"}
-
-    def child(row: str, env: dict, warmup: int, steps: int) -> dict:
-        cmd = [sys.executable, "-m", "hupeft.bench", "--child", row, "--model", model_name,
-               "--targets", ",".join(targets), "--batch", str(batch), "--seq-len", str(seq),
-               "--warmup", str(warmup), "--steps", str(steps), "--precision", precision]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    for row in tqdm(rows, desc="bench", unit="method"):
-        result = child(row, env, warmup, steps)
-        if "error" not in result and live_env is not None:
-            live = child(row, live_env, 1, 2)
-            if "error" in live:
-                result = live
-            else:
-                result["rss_with_cached_bytes"] = result["peak_memory_bytes"]
-                result["peak_memory_bytes"] = live["peak_memory_bytes"]
-                result["memory_kind"] = "cpu_live_rss_above_baseline"
-        if "error" in result:
-            tqdm.write(f"{row}: failed: {result['error']}")
-        out["methods"][row] = result
+    out = []
+    bar = tqdm(total=rounds * len(rows), desc="bench", unit="row", disable=not progress)
+    for r in range(rounds):
+        order = round_order(rows, r, seed)
+        results = {}
+        for row in order:
+            memory = memory_rounds is None or r < memory_rounds
+            results[row] = measure({**base, "row": row, "memory_steps": 1 if memory else 0})
+            if "error" in results[row]:
+                bar.write(f"round {r + 1}, {row}: failed: {results[row]['error']}")
+            bar.update()
+        out.append({"order": order, "results": results})
+        if on_round:
+            on_round(out)
+    bar.close()
     return out
 
 
+# --- summarising: means and within-round ratios with 95% intervals --------------------------------
+
+def _interval(values) -> dict:
+    from .stats import mean_interval
+
+    iv = mean_interval(values)
+    return {"mean": iv.mean, "half_width": iv.half_width, "n": iv.n}
+
+
+def summarise(rounds: list[dict], rows: list[str]) -> dict:
+    """Per row: step time and peak memory over rounds, and each ratio to a reference row taken
+    within the rounds where both ran, each as {mean, half_width (95%), n}."""
+    per_row = {}
+    for row in rows:
+        ok = [rd["results"][row] for rd in rounds if "error" not in rd["results"].get(row, {"error": 1})]
+        errors = [rd["results"][row]["error"] for rd in rounds if "error" in rd["results"].get(row, {})]
+        summary: dict = {"rounds": [rd["results"].get(row) for rd in rounds]}
+        if errors:
+            summary["error"] = errors[-1]
+        if ok:
+            with_memory = [r for r in ok if "peak_memory_bytes" in r]
+            summary.update(step_seconds=_interval([r["step_seconds"] for r in ok]),
+                           peak_memory_bytes=_interval([r["peak_memory_bytes"] for r in with_memory]),
+                           trainable_params=ok[0]["trainable_params"],
+                           memory_kind=with_memory[0]["memory_kind"] if with_memory else "not measured",
+                           device=ok[0]["device"])
+            ratios, memory = {}, {}
+            for column, ref in REFERENCES.items():
+                pairs = [(rd["results"][row], rd["results"][ref]) for rd in rounds
+                         if "error" not in rd["results"].get(row, {"error": 1})
+                         and "error" not in rd["results"].get(ref, {"error": 1})]
+                if pairs:
+                    ratios[column] = _interval([a["step_seconds"] / b["step_seconds"] for a, b in pairs])
+                    mem = [(a, b) for a, b in pairs if "peak_memory_bytes" in a and "peak_memory_bytes" in b]
+                    if mem:
+                        memory[column] = _interval([a["peak_memory_bytes"] / b["peak_memory_bytes"] for a, b in mem])
+            summary["step_ratio"], summary["memory_ratio"] = ratios, memory
+        per_row[row] = summary
+    return per_row
+
+
+def run(model_name: str, rows: list[str], targets, batch: int, seq: int, warmup: int, steps: int,
+        threads: int | None, precision: str = "fp32", rounds: int = 5, seed: int = 0, progress: bool = True,
+        measure=None, save=None, memory_rounds: int | None = None) -> dict:
+    """The bench's result; `save(result so far)` after every round, so a bench cut short keeps
+    the rounds it finished (`rounds_done`)."""
+    from . import models
+
+    if model_name == "smollm2-135m":  # build the cached checkpoint once, so no measurement pays for it
+        models.smollm2_checkpoint()
+    base = {"model": model_name, "targets": list(targets), "batch": batch, "seq_len": seq, "warmup": warmup,
+            "steps": steps, "precision": precision, "threads": threads}
+
+    def result(data: list[dict]) -> dict:
+        return {"model": model_name, "batch": batch, "seq_len": seq, "targets": list(targets), "warmup": warmup,
+                "steps": steps, "rounds": rounds, "rounds_done": len(data), "memory_rounds": memory_rounds or rounds,
+                "seed": seed, "precision": precision,
+                "threads": threads, "interval": "95% t-interval over rounds; ratios taken within each round",
+                "order": [rd["order"] for rd in data], "methods": summarise(data, rows)}
+
+    data = run_rounds(base, rows, rounds, seed, measure or Measurer(), progress,
+                      on_round=(lambda done: save(result(done))) if save else None, memory_rounds=memory_rounds)
+    return result(data)
+
+
+def provenance() -> dict:
+    """When and on what the figures were taken."""
+    import torch
+
+    return {"created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "machine": f"{platform.machine()}, {platform.system()}",
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(), "cpus": os.cpu_count(),
+            "load_average": os.getloadavg()[0]}  # how busy the machine was: its timings depend on it
+
+
+# --- presenting --------------------------------------------------------------------------------
+
+def fmt(iv: dict | None, digits: int = 2, scale: float = 1.0) -> str:
+    """mean±half-width, or the mean alone where one round gave no interval."""
+    if not iv:
+        return "-"
+    mean, half = iv["mean"] * scale, iv["half_width"] * scale
+    return f"{mean:.{digits}f}" if half != half else f"{mean:.{digits}f}±{half:.{digits}f}"
+
+
 def table(result: dict) -> str:
-    rows = result["methods"]
-    lora = rows.get("lora", {}).get("step_seconds")
-    full = rows.get("full", {})
-    lines = [f"{'method':<14}{'step s':>9}{'x lora':>9}{'x full':>9}{'x floor':>9}{'peak MiB':>11}"
-             f"{'mem x full':>12}{'trainable':>12}", "-" * 85]
-    floor = rows.get("frozen", {}).get("step_seconds")
-    for name, r in rows.items():
-        if "error" in r:
-            lines.append(f"{name:<14}  failed: {r['error']}")
+    cols = [("step s", 15), ("x lora", 12), ("x oft", 12), ("x floor", 12), ("x full", 12), ("peak MiB", 12),
+            ("mem x lora", 12), ("trainable", 12)]
+    lines = [f"{'method':<15}" + "".join(f"{c:>{w}}" for c, w in cols), "-" * (15 + sum(w for _, w in cols))]
+    for name, r in result["methods"].items():
+        if "step_seconds" not in r:
+            lines.append(f"{name:<15}  failed: {r.get('error', '?')}")
             continue
-        s, m = r["step_seconds"], r["peak_memory_bytes"]
-        xl = f"{s / lora:.2f}" if lora else "-"
-        xf = f"{s / full['step_seconds']:.2f}" if full.get("step_seconds") else "-"
-        xo = f"{s / floor:.2f}" if floor else "-"
-        mf = f"{m / full['peak_memory_bytes']:.2f}" if full.get("peak_memory_bytes") else "-"
-        lines.append(f"{name:<14}{s:>9.3f}{xl:>9}{xf:>9}{xo:>9}{m / 2**20:>11.0f}{mf:>12}{r['trainable_params']:>12,}")
-    kind = next((r["memory_kind"] for r in rows.values() if "memory_kind" in r), "?")
-    device = next((r["device"] for r in rows.values() if "device" in r), "?")
-    lines.append(f"\nmodel {result['model']}, batch {result['batch']} x {result['seq_len']}, "
-                 f"targets {','.join(result['targets'])}, {result.get('precision', 'fp32')}, median of {result['steps']} steps after "
-                 f"{result['warmup']} warm-up; memory: {kind}; {device}")
+        cells = [fmt(r["step_seconds"], 3), fmt(r["step_ratio"].get("lora")), fmt(r["step_ratio"].get("oft")),
+                 fmt(r["step_ratio"].get("floor")), fmt(r["step_ratio"].get("full")),
+                 fmt(r["peak_memory_bytes"], 0, 2 ** -20), fmt(r["memory_ratio"].get("lora")),
+                 f"{r['trainable_params']:,}"]
+        line = f"{name:<15}" + "".join(f"{c:>{w}}" for c, (_, w) in zip(cells, cols))
+        if "error" in r:
+            line += f"  (failed in some rounds: {r['error']})"
+        lines.append(line)
+    first = next((r for r in result["methods"].values() if "device" in r), {})
+    lines.append(f"\nmodel {result['model']}, batch {result['batch']} x {result['seq_len']}, targets "
+                 f"{','.join(result['targets'])}, {result['precision']}; each figure: mean ± 95% interval over "
+                 f"{result.get('rounds_done', result['rounds'])} interleaved rounds (ratios within rounds), "
+                 f"a round's figure the median of "
+                 f"{result['steps']} steps after {result['warmup']} warm-up; memory: {first.get('memory_kind', '?')}; "
+                 f"{first.get('device', '?')}")
     return "\n".join(lines)
 
 
@@ -221,47 +232,76 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hupeft bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="model name (default: smollm2-135m)")
-    p.add_argument("--methods", default=",".join(ROWS), help=f"comma-separated rows (default: all: {','.join(ROWS)})")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated rows (default: all: {','.join(ROWS)}; with --quick: {','.join(QUICK_ROWS)})")
     p.add_argument("--targets", default="q_proj,v_proj", help="linear layers to adapt (default: q_proj,v_proj)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default: 4)")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length (default: 128)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: 5; --quick: 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per measurement (default: 2; --quick: 1)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: 4; --quick: 1)")
+    p.add_argument("--quick", action="store_true",
+                   help="the rows the speed targets name, 3 rounds of 1 warm-up and 1 timed step, peak memory "
+                        "in the first round (about 5 minutes on a quiet 2-core CPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the rounds' orders (default: 0)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default); bf16-mixed: fp32 weights under bf16 autocast, as `hupeft run` "
                         "on a GPU; bf16: weights in bf16")
-    p.add_argument("--threads", type=int, default=None, help="OMP/torch threads per child (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per measurement (default: torch's)")
+    p.add_argument("--scale", action="store_true",
+                   help="sweep single layers of growing width and sequence length instead (hupeft.bench_scale)")
+    p.add_argument("--widths", default=None, help="with --scale: layer widths (default: 256,512,1024,2048,4096)")
+    p.add_argument("--seq-lens", default=None, help="with --scale: sequence lengths (default: 64,128,256,512,1024)")
     p.add_argument("--json", dest="json_path", default=None, help="write the figures as JSON to this path")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p
+
+
+def _ints(text: str | None) -> list[int] | None:
+    """Comma-separated whole numbers, None when not given; ValueError when not numbers."""
+    return None if text is None else [int(v) for v in text.split(",") if v]
 
 
 def cli_main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
-    if args.child:
-        print(json.dumps(measure_one(args.child, args.model, targets, args.batch, args.seq_len,
-                                     args.warmup, args.steps, args.precision)))
-        return 0
-    rows = [r for r in args.methods.split(",") if r]
+    rows = [r for r in (args.methods or ",".join(QUICK_ROWS if args.quick else ROWS)).split(",") if r]
+    preset = QUICK if args.quick else {"rounds": 5, "warmup": 2, "steps": 4}
+    rounds, warmup, steps = (preset[k] if getattr(args, k) is None else getattr(args, k)
+                             for k in ("rounds", "warmup", "steps"))
     bad = [r for r in rows if r not in ROWS]
+    error = None
     if bad:
-        print(f"hupeft bench: unknown method row(s) {bad}; choose from {','.join(ROWS)}", file=sys.stderr)
+        error = f"unknown method row(s) {bad}; choose from {','.join(ROWS)}"
+    elif min(args.batch, args.seq_len, steps, rounds) <= 0 or warmup < 0:
+        error = "--batch, --seq-len, --steps and --rounds must be > 0 and --warmup >= 0"
+    elif args.threads is not None and args.threads <= 0:
+        error = "--threads must be > 0; leave it out for torch's default"
+    elif args.json_path and not Path(args.json_path).resolve().parent.is_dir():
+        folder = Path(args.json_path).resolve().parent
+        error = f"--json {args.json_path}: folder {folder} does not exist; create it first"
+    elif not args.scale and (args.widths or args.seq_lens):
+        error = "--widths and --seq-lens belong to --scale; add --scale"
+    else:
+        try:
+            widths, seq_lens = _ints(args.widths), _ints(args.seq_lens)
+        except ValueError:
+            error = "--widths and --seq-lens take comma-separated whole numbers, e.g. --widths 256,1024"
+    if error:
+        print(f"hupeft bench: {error}", file=sys.stderr)
         return 2
-    if min(args.batch, args.seq_len, args.steps) <= 0 or args.warmup < 0:
-        print("hupeft bench: --batch, --seq-len and --steps must be > 0 and --warmup >= 0", file=sys.stderr)
-        return 2
-    result = run(args.model, rows, targets, args.batch, args.seq_len, args.warmup, args.steps, args.threads,
-                 args.precision)
+    if args.scale:
+        from .bench_scale import cli_scale
+
+        return cli_scale(args, argv, rows, rounds, warmup, steps, widths, seq_lens)
+    header = {"command": "hupeft bench " + " ".join(argv), "provenance": provenance()}
+
+    def save(result: dict) -> None:
+        if args.json_path:
+            from .records import atomic_write_text
+
+            atomic_write_text(Path(args.json_path), json.dumps({**result, **header}, indent=2))
+
+    result = run(args.model, rows, targets, args.batch, args.seq_len, warmup, steps, args.threads, args.precision,
+                 rounds, args.seed, save=save, memory_rounds=QUICK["memory_rounds"] if args.quick else None)
     print(table(result))
-    if args.json_path:
-        from hupeft.records import atomic_write_text
-
-        slim = {**result, "methods": {k: {kk: vv for kk, vv in v.items() if kk != "step_seconds_all"}
-                                      for k, v in result["methods"].items()}}
-        atomic_write_text(Path(args.json_path), json.dumps(slim, indent=2))
     return 1 if any("error" in r for r in result["methods"].values()) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli_main(sys.argv[1:]))
