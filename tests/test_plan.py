@@ -151,9 +151,10 @@ def _measured_peak(model: str, method: str, batch: int, seq: int) -> int:
     """hupeft bench's CPU measurement of one method (its child, with glibc returning freed blocks,
     peak resident set above a baseline), run once small first so that the libraries a training
     step loads on first use are in the baseline: what is left is the model's own memory."""
-    code = ("import json; from hupeft.bench import measure_one as m; t=['q_proj','v_proj']; "
-            f"m({method!r}, {model!r}, t, 1, 8, 0, 1); "
-            f"print(json.dumps(m({method!r}, {model!r}, t, {batch}, {seq}, 1, 2)))")
+    code = ("import json; from hupeft.bench_rows import measure as m; "
+            f"s = dict(row={method!r}, model={model!r}, targets=['q_proj', 'v_proj'], threads=1); "
+            "m({**s, 'batch': 1, 'seq_len': 8, 'warmup': 0, 'steps': 1, 'memory_steps': 0}); "
+            f"print(json.dumps(m({{**s, 'batch': {batch}, 'seq_len': {seq}, 'warmup': 1, 'steps': 1, 'memory_steps': 1}})))")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_memory_bytes"]
