@@ -134,6 +134,8 @@ class Butterfly(nn.Module):
         cached = self._indices.get(width)
         if cached is not None and cached.device == self.theta.device:
             return cached
+        if self.theta.device.type == "meta":  # shapes only (hupeft.plan counts on the meta device)
+            return torch.empty(self.n_factors, width * width, dtype=torch.long, device="meta")
         b = self.block_size
         rows = []
         for i in range(self.n_factors):
