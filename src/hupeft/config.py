@@ -276,7 +276,8 @@ def apply_overrides(cfg: RunConfig, pairs: list[str]) -> RunConfig:
 def validate(cfg: RunConfig, *, here: bool = True) -> RunConfig:
     """Check everything that can be checked without loading weights; resolve `task`. With
     `here` False (expanding or planning a grid, e.g. on a login node), what only the machine
-    that runs the cell can answer (a CUDA GPU for a quantized base) is left to that machine.
+    that runs the cell can answer (a CUDA GPU or bitsandbytes for a quantized base, the data a
+    real-data run asks for) is left to that machine.
 
     The data is loaded and tokenized here (cheap: no model weights), so a data folder that
     cannot serve the benchmark or a max_len too short for its targets is refused up front."""
@@ -303,7 +304,7 @@ def validate(cfg: RunConfig, *, here: bool = True) -> RunConfig:
     except (MethodError, TypeError) as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     _check_layer_shapes(cfg, task, opts)
-    _check_data(cfg, bench, task)
+    _check_data(cfg, bench, task, here)
     return dataclasses.replace(cfg, task=task)
 
 
@@ -404,18 +405,23 @@ def _resolve_task(cfg: RunConfig, bench) -> str:
     return task
 
 
-def _check_data(cfg: RunConfig, bench, task: str) -> None:
+def _check_data(cfg: RunConfig, bench, task: str, here: bool = True) -> None:
     """Load the run's examples (no weights) and refuse what could only be used cut or replaced:
     a data folder that cannot serve the benchmark, a max_len without room for every training and
     validation target and its prompt's end, a generation budget that leaves no room for the prompt."""
     from hupeft import data, models
     from hupeft.benchmarks import DATA_CHOICES
+    from hupeft.benchmarks.base import NoSource
 
     if cfg.data not in DATA_CHOICES:
         raise ConfigError(f"data={cfg.data!r}: use one of {', '.join(DATA_CHOICES)}, e.g. --set data=real")
     try:
         bench.check_local([s for s in bench.splits.values() if s], cfg.data_dir)
         splits = data.load_splits(bench, cfg)
+    except NoSource as e:
+        if not here:  # planning or submitting: the machine that runs the cell may have the data
+            return
+        raise ConfigError(str(e).splitlines()[0]) from None
     except ValueError as e:  # BenchmarkError, or no training examples left
         raise ConfigError(str(e).splitlines()[0]) from None
     tok, config = models.tokenizer(cfg.model), models.model_config(cfg.model)

@@ -52,7 +52,8 @@ def is_done(cell: Cell, notebook: bool = True) -> bool:
             if any(got.get(key, {}).get(k) != v for k, v in value.items()):
                 return False
         elif key == "data":  # a record keeps the data setting as data.requested, beside what served it
-            if (got.get(key) or {}).get("requested") != value:
+            kept = got.get(key)
+            if (kept.get("requested") if isinstance(kept, dict) else kept) != value:
                 return False
         elif got.get(key) != value:
             return False
@@ -173,8 +174,11 @@ def grid_from_args(args) -> int:
             args.jobs = int(preset.get("jobs", 1))
         if args.jobs < 1:
             raise GridError(f"--jobs must be >= 1, got {args.jobs}")
+        # Cells that run on this machine are checked against it (GPU, bitsandbytes, data); a dry
+        # run or a Slurm submission leaves that to the machine that runs each cell.
+        here = args.launcher == "local" and not args.dry_run
         cells = expand(preset, models=args.models, methods=args.methods, benchmarks=args.benchmarks,
-                       seeds=args.seeds, sets=args.sets, root=Path(args.results))
+                       seeds=args.seeds, sets=args.sets, root=Path(args.results), here=here)
     except GridError as e:
         print(f"hupeft grid: {e}", file=sys.stderr)
         return 2

@@ -32,6 +32,11 @@ class BenchmarkError(ValueError):
     """Bad benchmark input or no data; the message is one line and names the fix."""
 
 
+class NoSource(BenchmarkError):
+    """No source here has the data the run asks for (another machine, e.g. a cluster's compute
+    node with the data or the hub, may have it)."""
+
+
 @dataclass
 class Split:
     examples: list[dict]
@@ -236,7 +241,7 @@ class Benchmark:
         if data == "real" and off is not None:
             fixes.append("--set data=any to accept generated data")
         kind = "real " if data == "real" else ""
-        raise BenchmarkError(f"{self.name}: no {kind}source has split {split!r} (tried {'; '.join(tried) or 'nothing'}"
+        raise NoSource(f"{self.name}: no {kind}source has split {split!r} (tried {'; '.join(tried) or 'nothing'}"
                              f"{'' if off is not None else '; no offline data'}); " + ", ".join(fixes[:-1])
                              + (" or " if len(fixes) > 1 else "") + fixes[-1] + self.elsewhere)
 
