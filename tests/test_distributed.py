@@ -180,6 +180,39 @@ def test_fsdp_killed_after_a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_r
     assert_same_weights(weights(tmp_path / "adapter"), weights(launched / "fsdp" / "hybrid" / "adapter"), rel=1e-6)
 
 
+# Every adapter method on a 4-bit NF4 base (full fine-tuning refuses one), QLoRA-style FSDP.
+QUANTIZED = ["lora", "loraga", "boft", "urnn", "urnn-structured", "hybrid"]
+
+
+def test_fsdp_on_a_4bit_base_trains_like_one_process(tmp_path):
+    """The packed weights stored as bf16 are sharded with the rest; every adapter ends with one
+    process's weights (that process stores them as uint8: the same NF4 codes)."""
+    q = {**BASE, "quantization": "4bit"}
+    specs = [{"config": {**q, "method": m, "batch_size": 2, "processes": 2, "strategy": "fsdp", "checkpoint": False},
+              "out": str(tmp_path / "fsdp" / m)} for m in QUANTIZED]
+    (tmp_path / "runs.json").write_text(json.dumps(specs))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(distributed.config_file("fsdp")),
+           "--num_processes", "2", "--main_process_port", str(distributed._free_port()),
+           str(ROOT / "tests" / "distributed_runs.py"), str(tmp_path / "runs.json")]
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for m in QUANTIZED:
+        ref = run({**q, "method": m, "batch_size": 4, "checkpoint": False}, tmp_path / "one" / m, progress=False)
+        rec = read_record(tmp_path / "fsdp" / m / "record.json")
+        assert rec["status"] == "ok", f"{m}: {rec['error']}"
+        assert rec["distributed"]["strategy"] == "fsdp" and rec["distributed"]["world_size"] == 2
+        assert ref["status"] == "ok" and ref["distributed"]["world_size"] == 1
+        for a, b in zip(rec["steps"], ref["steps"], strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), m
+            assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), m
+        assert rec["scores"] == ref["scores"], m
+        # Measured against W0 dequantized from the gathered packed weights (their state kept by the layer).
+        moved, ref_moved = rec["epochs"][0]["weight_change"], ref["epochs"][0]["weight_change"]
+        assert moved.keys() == ref_moved.keys() and all(v > 0 for v in ref_moved.values()), m
+        assert moved == pytest.approx(ref_moved, rel=1e-3), m
+        assert_same_weights(weights(tmp_path / "fsdp" / m / "adapter"), weights(tmp_path / "one" / m / "adapter"))
+
+
 @pytest.mark.parametrize("sets,message", [
     (["strategy=zero"], "strategy must be one of"),
     (["processes=0"], "processes must be >= 1"),

@@ -272,9 +272,14 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
 def _rebuild(cfg: RunConfig, bench, adapted, state: dict, device):
     """The trained model unsharded: the base loaded again, the method applied (its initial factors
     come from `state`), and every parameter and buffer set from the gathered state."""
-    from . import methods, models
+    from . import methods, models, precision as prec, quantization
 
-    model = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2, seed=cfg.seed).model
+    # The same base as the run's: a 4-bit one packed with the same storage dtype, so the gathered
+    # packed weights and their quantization state load into layers of the same shapes.
+    model = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2, dtype=prec.weights_dtype(cfg.dtype),
+                        quantization=cfg.quantization, seed=cfg.seed,
+                        quant_storage=quantization.storage_dtype(cfg.quantization, getattr(cfg, "strategy", None)),
+                        device_map={"": device} if cfg.quantization else None).model
     fresh = methods.apply(model, cfg.method, adapted.options, init_batches=None)
     fresh.model.to(device)
     fresh.model.load_state_dict(state)
@@ -580,6 +585,10 @@ def cli_main(argv: list[str]) -> int:
         return 0 if distributed.launch(argv, cfg.processes, cfg.strategy) == 0 else 1
     record = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
     if not distributed.is_main_process():
+        # Only the main process writes the record; another rank's own failure would otherwise be
+        # seen only as the main process's broken connection.
+        if record["error"]:
+            print(f"hupeft run (rank {distributed.process_rank()}): {record['error']}", file=sys.stderr)
         return 0 if record["status"] == "ok" else 1
     scores = ", ".join(f"{k}={v:.4f}" for k, v in record["scores"].items())
     print(f"{record['status']}: {args.out}/{RECORD_NAME}" + (f" ({scores})" if scores else ""))

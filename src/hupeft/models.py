@@ -148,8 +148,13 @@ def _quantized_tiny(loaded: LoadedModel, task: str, dtype, quantization, quant_s
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    from safetensors.torch import save_model
+
     with tempfile.TemporaryDirectory(prefix="hupeft-tiny-") as tmp:
-        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        # Written directly, not by save_pretrained: inside a launch transformers writes only on
+        # rank 0, which would leave every other rank's private folder empty.
+        loaded.model.config.to_json_file(os.path.join(tmp, "config.json"))
+        save_model(loaded.model, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         model = auto.from_pretrained(tmp, **_quantized_kwargs(dtype, quantization, quant_storage, device_map))
     keep_trainable_on_cpu(model)
     model.eval()
