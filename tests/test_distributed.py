@@ -213,6 +213,18 @@ def test_fsdp_on_a_4bit_base_trains_like_one_process(tmp_path):
         assert_same_weights(weights(tmp_path / "fsdp" / m / "adapter"), weights(tmp_path / "one" / m / "adapter"))
 
 
+def test_a_failure_on_another_process_reaches_stderr(tmp_path, capsys, monkeypatch):
+    """Only the main process writes the record, whose error is then just a broken connection: the
+    process that failed first prints its own error, with its rank."""
+    from hupeft import experiment
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(experiment, "run", lambda *a, **k: {"status": "failed", "error": "ValueError: bad shard\nTraceback"})
+    argv = ["--model", "tiny-llama", "--method", "lora", "--benchmark", "glue/sst2", "--out", str(tmp_path / "o")]
+    assert experiment.cli_main(argv) == 1
+    assert "hupeft run (rank 1): ValueError: bad shard" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sets,message", [
     (["strategy=zero"], "strategy must be one of"),
     (["processes=0"], "processes must be >= 1"),

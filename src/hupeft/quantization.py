@@ -57,6 +57,15 @@ def check_supported(kind: str | None, cuda: bool | None = None) -> None:
                                 f"found {version}; run: pip install -U 'bitsandbytes>={'.'.join(map(str, need))}'")
 
 
+def check_sharding(kind: str | None, strategy: str) -> None:
+    """Raise QuantizationError for a base FSDP cannot shard: an 8-bit one, whose LLM.int8() row
+    scales live as attributes on the packed parameter, which FSDP replaces by a plain one (the
+    4-bit layers keep a copy of their state on the module, which bitsandbytes restores)."""
+    if kind == "8bit" and strategy.startswith("fsdp"):
+        raise QuantizationError(f"quantization=8bit cannot be sharded by strategy={strategy} (FSDP drops the int8 "
+                                "row scales); use --set strategy=ddp or --set quantization=4bit")
+
+
 def bnb_config(kind: str, compute_dtype: torch.dtype, storage: torch.dtype | None = None):
     """transformers' BitsAndBytesConfig: NF4 with double quantization (QLoRA's recipe), or LLM.int8().
 
