@@ -1,5 +1,6 @@
 """Adapters on 4-bit and 8-bit bitsandbytes bases, on the CPU: identity at step 0, training,
-merging, and what is refused (full fine-tuning, missing or too old bitsandbytes)."""
+merging, and what is refused (full fine-tuning, missing or too old bitsandbytes, an 8-bit base
+under FSDP)."""
 
 from __future__ import annotations
 

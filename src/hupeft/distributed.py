@@ -45,7 +45,7 @@ def process_rank() -> int:
 
 def is_main_process() -> bool:
     """Rank 0 of a launch, or the only process: the one that writes records and files."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return process_rank() == 0
 
 
 def resolve(strategy: str, world: int) -> str:
