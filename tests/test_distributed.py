@@ -1,6 +1,6 @@
 """Two processes on gloo through accelerate (DDP and FSDP2) against one process with the same global
 batch: the same trained weights, one record, a divergence on one process stopping both, and a
-sharded mid-epoch checkpoint resumed to the uninterrupted result."""
+sharded mid-epoch checkpoint resumed to the uninterrupted result; FSDP2 over a 4-bit base."""
 
 from __future__ import annotations
 
@@ -178,6 +178,51 @@ def test_fsdp_killed_after_a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_r
     assert rec["steps"] == whole["steps"] and rec["hybrid_lambda"] == whole["hybrid_lambda"]
     assert rec["scores"] == whole["scores"]
     assert_same_weights(weights(tmp_path / "adapter"), weights(launched / "fsdp" / "hybrid" / "adapter"), rel=1e-6)
+
+
+# Every adapter method on a 4-bit NF4 base (full fine-tuning refuses one), QLoRA-style FSDP.
+QUANTIZED = ["lora", "loraga", "boft", "urnn", "urnn-structured", "hybrid"]
+
+
+def test_fsdp_on_a_4bit_base_trains_like_one_process(tmp_path):
+    """The packed weights stored as bf16 are sharded with the rest; every adapter ends with one
+    process's weights (that process stores them as uint8: the same NF4 codes)."""
+    q = {**BASE, "quantization": "4bit"}
+    specs = [{"config": {**q, "method": m, "batch_size": 2, "processes": 2, "strategy": "fsdp", "checkpoint": False},
+              "out": str(tmp_path / "fsdp" / m)} for m in QUANTIZED]
+    (tmp_path / "runs.json").write_text(json.dumps(specs))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(distributed.config_file("fsdp")),
+           "--num_processes", "2", "--main_process_port", str(distributed._free_port()),
+           str(ROOT / "tests" / "distributed_runs.py"), str(tmp_path / "runs.json")]
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for m in QUANTIZED:
+        ref = run({**q, "method": m, "batch_size": 4, "checkpoint": False}, tmp_path / "one" / m, progress=False)
+        rec = read_record(tmp_path / "fsdp" / m / "record.json")
+        assert rec["status"] == "ok", f"{m}: {rec['error']}"
+        assert rec["distributed"]["strategy"] == "fsdp" and rec["distributed"]["world_size"] == 2
+        assert ref["status"] == "ok" and ref["distributed"]["world_size"] == 1
+        for a, b in zip(rec["steps"], ref["steps"], strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), m
+            assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), m
+        assert rec["scores"] == ref["scores"], m
+        # Measured against W0 dequantized from the gathered packed weights (their state kept by the layer).
+        moved, ref_moved = rec["epochs"][0]["weight_change"], ref["epochs"][0]["weight_change"]
+        assert moved.keys() == ref_moved.keys() and all(v > 0 for v in ref_moved.values()), m
+        assert moved == pytest.approx(ref_moved, rel=1e-3), m
+        assert_same_weights(weights(tmp_path / "fsdp" / m / "adapter"), weights(tmp_path / "one" / m / "adapter"))
+
+
+def test_a_failure_on_another_process_reaches_stderr(tmp_path, capsys, monkeypatch):
+    """Only the main process writes the record, whose error is then just a broken connection: the
+    process that failed first prints its own error, with its rank."""
+    from hupeft import experiment
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(experiment, "run", lambda *a, **k: {"status": "failed", "error": "ValueError: bad shard\nTraceback"})
+    argv = ["--model", "tiny-llama", "--method", "lora", "--benchmark", "glue/sst2", "--out", str(tmp_path / "o")]
+    assert experiment.cli_main(argv) == 1
+    assert "hupeft run (rank 1): ValueError: bad shard" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("sets,message", [

@@ -1,5 +1,6 @@
 """Adapters on 4-bit and 8-bit bitsandbytes bases, on the CPU: identity at step 0, training,
-merging, and what is refused (full fine-tuning, missing or too old bitsandbytes)."""
+merging, and what is refused (full fine-tuning, missing or too old bitsandbytes, an 8-bit base
+under FSDP)."""
 
 from __future__ import annotations
 
@@ -135,6 +136,29 @@ def test_full_on_quantized_base_exits_2_before_loading(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "quantized base" in err and "quantization=none" in err
     assert not out.exists()
+
+
+def test_8bit_base_under_fsdp_exits_2_before_loading_but_plans(tmp_path, capsys, monkeypatch):
+    """FSDP cannot shard LLM.int8() weights (their row scales sit on the parameter it replaces):
+    refused on the machine that runs the cell, while planning a grid elsewhere still accepts it."""
+    from hupeft.config import RunConfig, validate
+
+    def no_load(*a, **k):
+        raise AssertionError("models.load must not be reached")
+
+    monkeypatch.setattr(models, "load", no_load)
+    out = tmp_path / "out"
+    argv = ["--model", "tiny-llama", "--method", "lora", "--benchmark", "glue/sst2", "--set", "quantization=8bit",
+            "--set", "strategy=fsdp", "--set", "processes=2", "--out", str(out)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "quantization=8bit" in err and "--set strategy=ddp" in err
+    assert not out.exists()
+    cfg = RunConfig(model="tiny-llama", method="lora", benchmark="glue/sst2", quantization="8bit", strategy="fsdp",
+                    processes=2)
+    assert validate(cfg, here=False).strategy == "fsdp"
+    for ok in ({"strategy": "ddp"}, {"quantization": "4bit"}, {"processes": 1}):  # one process runs unsharded
+        validate(RunConfig(**{**cfg.to_dict(), **ok}))
 
 
 def test_missing_or_old_bitsandbytes_is_a_one_line_error_naming_the_fix(monkeypatch):

@@ -381,10 +381,12 @@ def _check_strategy(cfg: RunConfig) -> None:
 
 def _check_hardware(cfg: RunConfig) -> None:
     """What only the machine that runs the cell can check (bitsandbytes and what it supports here)."""
-    from hupeft import quantization
+    from hupeft import distributed, quantization
 
     try:
         quantization.check_supported(cfg.quantization)
+        world = max(cfg.processes or 1, distributed.launched_world())
+        quantization.check_sharding(cfg.quantization, distributed.resolve(cfg.strategy, world))
     except quantization.QuantizationError as e:
         raise ConfigError(str(e)) from None
 

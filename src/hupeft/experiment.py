@@ -108,7 +108,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
                              "precision": precision}
     loaded = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2, dtype=prec.weights_dtype(cfg.dtype),
                          quantization=cfg.quantization, seed=cfg.seed,
-                         quant_storage=quantization.storage_dtype(cfg.quantization, getattr(cfg, "strategy", None)),
+                         quant_storage=quantization.storage_dtype(cfg.quantization, strategy),
                          device_map={"": accelerator.device} if cfg.quantization else None)
     model, tok = loaded.model, loaded.tokenizer
     record["config"]["model_source"] = loaded.source
@@ -258,7 +258,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
         # scores, each example once.
         state = distributed.full_state(adapted.model)
         if accelerator.is_main_process:
-            final = _rebuild(cfg, bench, adapted, state, accelerator.device)
+            final = _rebuild(cfg, bench, adapted, state, accelerator.device, strategy)
     # No collective from here on: the other processes return (a process group's timeout could
     # otherwise cut a long evaluation short) and the launch ends when the main process does.
     if accelerator.is_main_process:
@@ -269,12 +269,17 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
                tok, splits, progress)
 
 
-def _rebuild(cfg: RunConfig, bench, adapted, state: dict, device):
+def _rebuild(cfg: RunConfig, bench, adapted, state: dict, device, strategy: str):
     """The trained model unsharded: the base loaded again, the method applied (its initial factors
     come from `state`), and every parameter and buffer set from the gathered state."""
-    from . import methods, models
+    from . import methods, models, precision as prec, quantization
 
-    model = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2, seed=cfg.seed).model
+    # The same base as the run's: a 4-bit one packed with the same storage dtype, so the gathered
+    # packed weights and their quantization state load into layers of the same shapes.
+    model = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2, dtype=prec.weights_dtype(cfg.dtype),
+                        quantization=cfg.quantization, seed=cfg.seed,
+                        quant_storage=quantization.storage_dtype(cfg.quantization, strategy),
+                        device_map={"": device} if cfg.quantization else None).model
     fresh = methods.apply(model, cfg.method, adapted.options, init_batches=None)
     fresh.model.to(device)
     fresh.model.load_state_dict(state)
@@ -580,6 +585,10 @@ def cli_main(argv: list[str]) -> int:
         return 0 if distributed.launch(argv, cfg.processes, cfg.strategy) == 0 else 1
     record = run(cfg, args.out, resume=args.resume, progress=not args.quiet)
     if not distributed.is_main_process():
+        # Only the main process writes the record; another rank's own failure would otherwise be
+        # seen only as the main process's broken connection.
+        if record["error"]:
+            print(f"hupeft run (rank {distributed.process_rank()}): {record['error']}", file=sys.stderr)
         return 0 if record["status"] == "ok" else 1
     scores = ", ".join(f"{k}={v:.4f}" for k, v in record["scores"].items())
     print(f"{record['status']}: {args.out}/{RECORD_NAME}" + (f" ({scores})" if scores else ""))

@@ -149,11 +149,29 @@ def _quantized_tiny(loaded: LoadedModel, task: str, dtype, quantization, quant_s
 
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
     with tempfile.TemporaryDirectory(prefix="hupeft-tiny-") as tmp:
-        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        _write_checkpoint(loaded.model, Path(tmp))
         model = auto.from_pretrained(tmp, **_quantized_kwargs(dtype, quantization, quant_storage, device_map))
     keep_trainable_on_cpu(model)
     model.eval()
     return LoadedModel(model, loaded.tokenizer, loaded.name, task, loaded.source)
+
+
+def _write_checkpoint(model: nn.Module, folder: Path) -> None:
+    """config.json and model.safetensors, what from_pretrained reads. Not save_pretrained: inside a
+    launch transformers writes only on rank 0, which would leave every other rank's own folder
+    empty (and an empty one replacing the shared cache)."""
+    from safetensors.torch import save_file
+
+    model.config.to_json_file(str(folder / "config.json"))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.to_json_file(str(folder / "generation_config.json"))
+    # A tied weight once, under its first name (the input embedding), as save_pretrained keeps it.
+    state, seen = {}, set()
+    for name, t in model.state_dict().items():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            state[name] = t.contiguous()
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 class ByteTokenizer:
@@ -221,7 +239,7 @@ def smollm2_checkpoint() -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".smollm2-"))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        _write_checkpoint(model, tmp)
         tok.save_pretrained(tmp)
         if dest.exists():
             shutil.rmtree(dest)

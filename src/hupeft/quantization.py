@@ -57,6 +57,15 @@ def check_supported(kind: str | None, cuda: bool | None = None) -> None:
                                 f"found {version}; run: pip install -U 'bitsandbytes>={'.'.join(map(str, need))}'")
 
 
+def check_sharding(kind: str | None, strategy: str) -> None:
+    """Raise QuantizationError for a base FSDP cannot shard: an 8-bit one, whose LLM.int8() row
+    scales live as attributes on the packed parameter, which FSDP replaces by a plain one (the
+    4-bit layers keep a copy of their state on the module, which bitsandbytes restores)."""
+    if kind == "8bit" and strategy.startswith("fsdp"):
+        raise QuantizationError(f"quantization=8bit cannot be sharded by strategy={strategy} (FSDP drops the int8 "
+                                "row scales); use --set strategy=ddp or --set quantization=4bit")
+
+
 def bnb_config(kind: str, compute_dtype: torch.dtype, storage: torch.dtype | None = None):
     """transformers' BitsAndBytesConfig: NF4 with double quantization (QLoRA's recipe), or LLM.int8().
 
@@ -94,10 +103,21 @@ def keep_trainable_on_cpu(model: nn.Module) -> None:
             mod.support_avx512bf16_for_cpu = False
 
 
+_PACKED = {"Params4bit": "4bit", "Int8Params": "8bit"}
+_LAYERS = {"Linear4bit": "4bit", "Linear8bitLt": "8bit"}
+
+
 def quantized_kind(layer: nn.Module) -> str | None:
     """"4bit" or "8bit" for a bitsandbytes linear layer, None for a plain one."""
-    name = type(getattr(layer, "weight", None)).__name__
-    return {"Params4bit": "4bit", "Int8Params": "8bit"}.get(name)
+    kind = _PACKED.get(type(getattr(layer, "weight", None)).__name__)
+    if kind is not None:
+        return kind
+    # FSDP replaces the packed parameter by a plain (or DTensor) one of the storage dtype; the
+    # layer itself is still bitsandbytes' and keeps the quantization state.
+    for cls in type(layer).__mro__:
+        if cls.__module__.startswith("bitsandbytes") and cls.__name__ in _LAYERS:
+            return _LAYERS[cls.__name__]
+    return None
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -118,7 +138,9 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
 
     w = layer.weight
     if kind == "4bit":
-        return bnb_f.dequantize_4bit(w.data, w.quant_state).reshape(layer.out_features, layer.in_features)
+        # Under FSDP the gathered weight has lost its quant_state; the layer holds a copy.
+        state = getattr(w, "quant_state", None) or layer.quant_state
+        return bnb_f.dequantize_4bit(w.data, state).reshape(layer.out_features, layer.in_features)
     # An 8-bit layer keeps its row scales on the weight until its first forward moves them to its state.
     scales = w.SCB if getattr(w, "SCB", None) is not None else layer.state.SCB
     return bnb_f.int8_vectorwise_dequant(w.data, scales)
