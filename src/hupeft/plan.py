@@ -420,7 +420,9 @@ def plan_cell(cfg, hw: Hardware, seeds: list[int] | None = None) -> CellPlan:
     strategy = {"auto": "ddp", "single": "ddp", "deepspeed": "fsdp"}.get(cfg.strategy, cfg.strategy)
     cfg = dataclasses.replace(cfg, strategy=strategy, processes=cfg.processes or 1)
 
-    local = cfg.model in ("tiny-llama", "tiny-bert", "smollm2-135m", "minilm-l6")
+    from .models import KNOWN
+
+    local = cfg.model in KNOWN  # the embedded and tiny models
     # hupeft.models loads hub models in bf16 on a GPU; the embedded and tiny ones in fp32.
     dtype = torch.float32 if local else torch.bfloat16
     c = counts(cfg.model, cfg.task, cfg.method, cfg.method_options, dtype, cfg.batch_size, cfg.max_len)
