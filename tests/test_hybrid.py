@@ -102,17 +102,16 @@ def slopes(layer: HybridLinear, lam: float) -> tuple[float, float]:
     a, b = layer.lora_A.detach().double(), layer.lora_B.detach().double()
     step_lora = layer.scaling * (gb @ a + b @ ga)  # d/de of s (B + e gB)(A + e gA) at e = 0
     w0 = layer.base.weight.double()
-    rot = layer.rotation
+    rot = copy.deepcopy(layer.rotation).double()  # in double: a tiny step off R != I survives rounding
     theta = rot.theta.detach().clone()
-    eps = 1e-3
+    eps = 1e-4 / gt.abs().max().item()  # a step of 1e-4 in the largest angle
 
     def r_at(t):
         with torch.no_grad():
             rot.theta.copy_(t)
-            return rot.matrix().double()
+            return rot.matrix()
 
-    step_boft = (r_at(theta + eps * gt.float()) - r_at(theta - eps * gt.float())) @ w0 / (2 * eps)
-    r_at(theta)
+    step_boft = (r_at(theta + eps * gt) - r_at(theta - eps * gt)) @ w0 / (2 * eps)
     lora = (ga.pow(2).sum() + gb.pow(2).sum()) / step_lora.norm()
     boft = gt.pow(2).sum() / step_boft.norm()
     return lora.item(), boft.item()
@@ -120,11 +119,17 @@ def slopes(layer: HybridLinear, lam: float) -> tuple[float, float]:
 
 @pytest.mark.parametrize("rule", ["paper", "normalized", "slope"])
 @pytest.mark.parametrize("ema", [0.0, 0.5])
-def test_before_step_applies_the_rule_to_each_layers_gradients(rule, ema):
+@pytest.mark.parametrize("rotated", [False, True], ids=["at-start", "rotated"])
+def test_before_step_applies_the_rule_to_each_layers_gradients(rule, ema, rotated):
     # lambda_min=0: the LoRA-GA branch's gradient dominates here, and a clamp would hide the rule.
     base = make_biased()
     adapted = methods.apply(copy.deepcopy(base), "hybrid", init_batches=INIT, lambda_rule=rule, lambda_ema=ema,
                             lambda_init=0.3, lambda_min=0.0)
+    if rotated:  # R = I makes R's derivative skew, which hides a transposed convention: move R off I
+        with torch.no_grad():
+            for i, layer in enumerate(adapted.adapter_layers().values()):
+                layer.rotation.theta.copy_(0.3 * torch.randn(layer.rotation.theta.shape,
+                                                             generator=torch.Generator().manual_seed(i)))
     adapted.model(**lm_batch(seed=1)).loss.backward()
     expected, sq = {}, [0.0, 0.0]
     for name, layer in adapted.adapter_layers().items():

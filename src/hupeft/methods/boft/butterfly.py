@@ -93,14 +93,18 @@ class Butterfly(nn.Module):
     def num_parameters(self) -> int:
         return butterfly_num_parameters(self.dim, self.block_size, self.n_factors)
 
-    def skew(self) -> torch.Tensor:
-        s = self.theta.new_zeros(self.n_factors, self.blocks, self.block_size, self.block_size)
-        s[..., self.rows, self.cols] = self.theta
+    def skew(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """The skew-symmetric blocks of `theta` (default: the parameter), (n_factors, blocks, b, b)."""
+        theta = self.theta if theta is None else theta
+        b = self.block_size
+        s = theta.new_zeros(self.n_factors, self.blocks, b * b)
+        # Out of place, so that forward mode (torch.func.jvp) goes through it.
+        s = s.index_copy(2, self.rows * b + self.cols, theta).view(self.n_factors, self.blocks, b, b)
         return s - s.transpose(-1, -2)
 
-    def block_matrices(self) -> torch.Tensor:
+    def block_matrices(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """The orthogonal blocks, (n_factors, blocks, b, b), computed in fp32 for stability."""
-        return cayley(self.skew().float())
+        return cayley(self.skew(theta).float())
 
     @property
     def group(self) -> int:
@@ -113,12 +117,12 @@ class Butterfly(nn.Module):
         w = max(self.group, APPLY_WIDTH)
         return w if self.dim % w == 0 else self.group
 
-    def _diagonal_blocks(self, width: int) -> torch.Tensor:
+    def _diagonal_blocks(self, width: int, theta: torch.Tensor | None = None) -> torch.Tensor:
         """R's diagonal blocks of `width` (a multiple of the group), (dim / width, width, width), in
         the row convention: x_g @ blocks[g] = (R x)_g. Each factor i is M_i[a, c] = B_i[p(a), p(c)]
         inside every block (p its butterfly permutation, which stays inside groups), so one gather
         from the Cayley blocks plus a zero builds it; the factors multiply as (n, w, w) batches."""
-        q = self.block_matrices()  # (m, N, b, b): one batched solve for every factor
+        q = self.block_matrices(theta)  # (m, N, b, b): one batched solve for every factor
         n, per = self.dim // width, width // self.block_size
         zero = q.new_zeros(n, 1)
         index = self._gather_index(width)
@@ -148,9 +152,10 @@ class Butterfly(nn.Module):
         self._indices[width] = index
         return index
 
-    def group_blocks(self) -> torch.Tensor:
-        """R's diagonal blocks, (G, s, s), in the row convention: x_g @ blocks[g] = (R x)_g."""
-        return self._diagonal_blocks(self.group)
+    def group_blocks(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """R's diagonal blocks, (G, s, s), in the row convention: x_g @ blocks[g] = (R x)_g; of
+        `theta` in place of the parameter where given (for forward mode: torch.func.jvp)."""
+        return self._diagonal_blocks(self.group, theta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x @ R^T over the last dimension: R applied to each vector (PEFT's x @ R_peft), as one

@@ -51,15 +51,33 @@ class HybridLinear(LoraGALinear):
 
     def boft_step_norm(self) -> torch.Tensor:
         """|dR W0|_F for dR the derivative of R along the current gradient of its parameters: how
-        far a gradient step of the unmixed BOFT branch moves the weight, per unit step (forward
-        mode through the butterfly, applied to W0^T as a batch of d_in vectors)."""
-        from torch.func import functional_call, jvp
+        far a gradient step of the unmixed BOFT branch moves the weight, per unit step.
 
-        theta = self.rotation.theta
-        w0t = self.base_weight().detach().float().T
-        _, tangent = jvp(lambda t: functional_call(self.rotation, {"theta": t}, (w0t,)),
-                         (theta.detach(),), (theta.grad.detach(),))
-        return tangent.norm()
+        R is block-diagonal with G blocks D_g of s x s (rows of one butterfly group), so
+        |dR W0|_F^2 = sum_g tr(dD_g M_g dD_g^T) with M_g = W0_g W0_g^T, W0_g the group's rows of
+        W0. M is fixed (computed once), so each step takes forward mode through the s x s blocks
+        only: O(d_out s^2), where pushing the tangent through R applied to W0 costs O(d_in d_out s)."""
+        from torch.func import jvp
+
+        rot = self.rotation
+        theta = rot.theta.detach()
+        _, d_blocks = jvp(rot.group_blocks, (theta,), (rot.theta.grad.detach().to(theta.dtype),))
+        # group_blocks are in the row convention, d_blocks[g] = dD_g^T: tr(dD M dD^T) = sum((M dB) * dB).
+        d_blocks = d_blocks.float()
+        return (torch.bmm(self._group_gram(), d_blocks) * d_blocks).sum().clamp_min(0).sqrt()
+
+    def _group_gram(self) -> torch.Tensor:
+        """M_g = W0_g W0_g^T for every butterfly group g, (G, s, s) in fp32; W0 is frozen, so once.
+        A plain attribute, not a buffer: derived from the base, never saved."""
+        gram = getattr(self, "_gram", None)
+        if gram is None:
+            with torch.no_grad():
+                w0 = self.base_weight().detach().float()
+                s = self.rotation.group
+                rows = w0.reshape(w0.shape[0] // s, s, w0.shape[1])
+                gram = torch.bmm(rows, rows.transpose(1, 2))
+            self._gram = gram
+        return gram
 
     @torch.no_grad()
     def branch_delta(self) -> tuple[float, float]:
