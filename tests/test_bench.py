@@ -112,6 +112,8 @@ def test_quick_mode_names_the_target_rows_and_a_short_schedule(monkeypatch, caps
     (["--methods", "lora,dora"], "unknown method row(s) ['dora']"),
     (["--rounds", "0"], "must be > 0"),
     (["--widths", "256"], "add --scale"),
+    (["--row-budget", "5"], "add --scale"),
+    (["--scale", "--row-budget", "0"], "--row-budget must be > 0"),
     (["--scale", "--widths", "100"], "multiples of 64"),
     (["--scale", "--widths", "a,b"], "comma-separated whole numbers"),
 ])
@@ -148,6 +150,24 @@ def test_scale_sweeps_width_then_sequence_and_the_page_reads_it(tmp_path):
     assert len(f) == 4 * 3 and set(f["tokens"]) == {16, 64}
     g = scale_report.growth(f)
     assert set(g["sweep"]) == {"width d", "sequence length"} and len(g) == 6
+
+
+def test_row_over_the_budget_is_left_out_of_costlier_points(tmp_path):
+    """A budget every row exceeds: the first point measures all rows, the later ones none, and the
+    JSON, the summary and the page's frame say so."""
+    out = tmp_path / "scale.json"
+    proc = hupeft_bench("--scale", "--methods", "frozen,lora", "--widths", "64,128", "--seq-lens", "8",
+                        "--batch", "1", "--seq-len", "8", "--rounds", "1", "--warmup", "0", "--steps", "1",
+                        "--threads", "1", "--row-budget", "1e-9", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    first, *later = result["points"]
+    assert all("step_seconds" in r for r in first["methods"].values())
+    assert later and all(set(p["methods"]) == {"frozen", "lora"} for p in later)
+    assert all("over --row-budget 1e-09 s" in r["skipped"] for p in later for r in p["methods"].values())
+    assert "over budget" in proc.stdout
+    assert len(scale_report.frame(result)) == 2
+    assert set(scale_report.skipped_rows(result)) == {"frozen", "lora"}
 
 
 def test_growth_exponent_is_the_slope_of_the_power_law():

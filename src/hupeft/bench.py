@@ -252,6 +252,8 @@ def parser() -> argparse.ArgumentParser:
                    help="sweep single layers of growing width and sequence length instead (hupeft.bench_scale)")
     p.add_argument("--widths", default=None, help="with --scale: layer widths (default: 256,512,1024,2048,4096)")
     p.add_argument("--seq-lens", default=None, help="with --scale: sequence lengths (default: 64,128,256,512,1024)")
+    p.add_argument("--row-budget", type=float, default=None,
+                   help="with --scale: seconds per step above which a row is left out of costlier points")
     p.add_argument("--json", dest="json_path", default=None, help="write the figures as JSON to this path")
     return p
 
@@ -279,8 +281,10 @@ def cli_main(argv: list[str]) -> int:
     elif args.json_path and not Path(args.json_path).resolve().parent.is_dir():
         folder = Path(args.json_path).resolve().parent
         error = f"--json {args.json_path}: folder {folder} does not exist; create it first"
-    elif not args.scale and (args.widths or args.seq_lens):
-        error = "--widths and --seq-lens belong to --scale; add --scale"
+    elif not args.scale and (args.widths or args.seq_lens or args.row_budget is not None):
+        error = "--widths, --seq-lens and --row-budget belong to --scale; add --scale"
+    elif args.row_budget is not None and args.row_budget <= 0:
+        error = "--row-budget must be > 0 seconds; leave it out to measure every row at every point"
     else:
         try:
             widths, seq_lens = _ints(args.widths), _ints(args.seq_lens)
@@ -292,7 +296,7 @@ def cli_main(argv: list[str]) -> int:
     if args.scale:
         from .bench_scale import cli_scale
 
-        return cli_scale(args, argv, rows, rounds, warmup, steps, widths, seq_lens)
+        return cli_scale(args, argv, rows, rounds, warmup, steps, widths, seq_lens, args.row_budget)
     header = {"command": "hupeft bench " + " ".join(argv), "provenance": provenance()}
 
     def save(result: dict) -> None:

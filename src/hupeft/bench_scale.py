@@ -5,6 +5,11 @@ Two sweeps on one d x d projection under a squared-error loss: width d over `--w
 bench's batch x sequence length, and sequence length over `--seq-lens` at width 1024 (or the
 largest width asked for below it). Each point is a `hupeft bench` of its own: rows interleaved
 over rounds, figures with 95% intervals.
+
+`--row-budget S`: a row whose step took more than S seconds at a point is not measured at the
+costlier points after it (its line in the plot ends there, and the JSON says why). PEFT's BOFT
+(dense d x d products) and the uRNN (a d x d matrix exponential) grow fastest; at d = 4096 on one
+CPU thread each of their steps takes minutes, and the sweep would otherwise take hours.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ def points(widths: list[int], seq_lens: list[int], seq: int) -> list[dict]:
 
 def sweep(rows: list[str], widths: list[int], seq_lens: list[int], batch: int, seq: int, rounds: int,
           warmup: int, steps: int, threads: int | None, precision: str, seed: int, progress: bool = True,
-          save=None) -> dict:
+          save=None, row_budget: float | None = None) -> dict:
     """Every point's bench; after each point `save(result so far)`, so a sweep cut short leaves
-    the points it finished (marked `complete: false`)."""
+    the points it finished (marked `complete: false`). Rows over `row_budget` seconds a step are
+    left out of the later points (see the module's docstring)."""
     from tqdm import tqdm
 
     from .bench import Measurer
@@ -43,12 +49,21 @@ def sweep(rows: list[str], widths: list[int], seq_lens: list[int], batch: int, s
     result = {"kind": "scale", "batch": batch, "precision": precision, "threads": threads, "rounds": rounds,
               "warmup": warmup, "steps": steps, "seed": seed, "widths": widths, "seq_lens": seq_lens,
               "interval": "95% t-interval over rounds; ratios taken within each round", "points": [],
-              "points_planned": len(todo), "complete": False}
+              "points_planned": len(todo), "complete": False, "row_budget_seconds": row_budget}
+    over: dict[str, str] = {}  # row -> why it is no longer measured
     for pt in tqdm(todo, desc="scale", unit="point", disable=not progress):
-        bench = run(f"{SINGLE_LAYER}{pt['width']}", rows, ["proj"], batch, pt["seq_len"], warmup, steps, threads,
-                    precision, rounds, seed, progress=False, measure=measure)
-        result["points"].append({**pt, **{k: bench[k] for k in ("batch", "rounds", "steps", "warmup", "methods",
-                                                                  "order")}})
+        todo_rows = [r for r in rows if r not in over]
+        bench = run(f"{SINGLE_LAYER}{pt['width']}", todo_rows, ["proj"], batch, pt["seq_len"], warmup, steps,
+                    threads, precision, rounds, seed, progress=False, measure=measure)
+        measured = bench["methods"]
+        for row, r in measured.items():
+            took = r.get("step_seconds", {}).get("mean")
+            if row_budget is not None and took is not None and took > row_budget:
+                over[row] = (f"not measured: its step took {took:.1f} s at d={pt['width']}, seq={pt['seq_len']}, "
+                             f"over --row-budget {row_budget:g} s")
+        skipped = {r: {"skipped": over[r]} for r in rows if r not in measured}
+        result["points"].append({**pt, **{k: bench[k] for k in ("batch", "rounds", "steps", "warmup", "order")},
+                                 "methods": {**measured, **skipped}})
         result["complete"] = len(result["points"]) == len(todo)
         if save:
             save(result)
@@ -62,6 +77,8 @@ def summary_lines(result: dict) -> list[str]:
         for row, r in pt["methods"].items():
             if "step_seconds" in r:
                 cells.append(f"{row} {r['step_seconds']['mean'] * 1e3:.1f} ms")
+            elif "skipped" in r:
+                cells.append(f"{row} over budget")
             else:
                 cells.append(f"{row} failed")
         lines.append(f"{pt['sweep']:>8} d={pt['width']:<5} seq={pt['seq_len']:<5} " + ", ".join(cells))
@@ -69,7 +86,7 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def cli_scale(args, argv: list[str], rows: list[str], rounds: int, warmup: int, steps: int,
-              widths: list[int] | None, seq_lens: list[int] | None) -> int:
+              widths: list[int] | None, seq_lens: list[int] | None, row_budget: float | None = None) -> int:
     import sys
 
     widths, seq_lens = widths or WIDTHS, seq_lens or SEQ_LENS
@@ -86,7 +103,7 @@ def cli_scale(args, argv: list[str], rows: list[str], rounds: int, warmup: int, 
             atomic_write_text(Path(args.json_path), json.dumps({**result, **header}, indent=2))
 
     result = sweep(rows, widths, seq_lens, args.batch, args.seq_len, rounds, warmup, steps, args.threads,
-                   args.precision, args.seed, save=save)
+                   args.precision, args.seed, save=save, row_budget=row_budget)
     print("\n".join(summary_lines(result)))
     failed = any("error" in r for pt in result["points"] for r in pt["methods"].values())
     return 1 if failed else 0

@@ -95,6 +95,16 @@ def plot(f: pd.DataFrame):
     return fig
 
 
+def skipped_rows(result: dict) -> dict[str, str]:
+    """Row -> why it was left out of the costlier points (`--row-budget`), as the JSON first says so."""
+    out: dict[str, str] = {}
+    for pt in result["points"]:
+        for row, r in pt["methods"].items():
+            if "skipped" in r:
+                out.setdefault(row, r["skipped"])
+    return out
+
+
 def show(path: str | Path = SCALE_JSON) -> None:
     """The page: where the figures come from, the plot, and the growth exponents."""
     from IPython.display import Markdown, display
@@ -114,7 +124,8 @@ def show(path: str | Path = SCALE_JSON) -> None:
         f"a squared-error loss; blocks of BOFT, PEFT's OFT and the hybrid are 8 wide."
         + ("" if result.get("complete", True) else
            f" The sweep was cut short: {len(result['points'])} of its {result['points_planned']} points "
-           "were measured, the cheapest first.")))
+           "were measured, the cheapest first.")
+        + "".join(f" {LABEL.get(row, row)}: {why}." for row, why in skipped_rows(result).items())))
     _show(plot(f))
     display(Markdown("How each cost grows: the exponent k of a power law size^k fitted to the points "
                      "(1 = linear; the floor's exponent is the base layer's own)."))
