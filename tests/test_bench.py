@@ -170,6 +170,27 @@ def test_row_over_the_budget_is_left_out_of_costlier_points(tmp_path):
     assert set(scale_report.skipped_rows(result)) == {"frozen", "lora"}
 
 
+def test_a_row_over_budget_at_a_wide_point_is_still_measured_at_a_narrower_longer_one(monkeypatch):
+    """The budget skips only points at least as wide and as long: a row slow at d = 4096 (the uRNN's
+    d^3 exponential) is still measured on the sequence sweep at d = 256."""
+    from hupeft import bench_scale
+
+    def fake_run(model, rows, targets, batch, seq, *args, measure=None, **kw):
+        width = int(model[len(bench_scale.SINGLE_LAYER):])
+        methods = {r: {"step_seconds": {"mean": width / 1000, "half_width": 0.0}} for r in rows}
+        return {"batch": batch, "rounds": 1, "steps": 1, "warmup": 0, "order": [rows], "methods": methods}
+
+    monkeypatch.setattr(bench_scale, "run", fake_run)
+    result = bench_scale.sweep(["lora"], [256, 4096], [64, 4096], 1, 128, 1, 0, 1, 1, "fp32", 0, progress=False,
+                               row_budget=1.0)
+    at = {(p["width"], p["seq_len"]): p["methods"]["lora"] for p in result["points"]}
+    assert list(at)[-2:] == [(4096, 128), (256, 4096)]  # the wide point is measured before the long one
+    assert "step_seconds" in at[(4096, 128)] and "step_seconds" in at[(256, 4096)]
+    result = bench_scale.sweep(["lora"], [256, 4096], [64, 4096], 1, 128, 1, 0, 1, 1, "fp32", 0, progress=False,
+                               row_budget=0.1)  # over at the first point: every later one is wider or longer
+    assert [("skipped" in p["methods"]["lora"]) for p in result["points"]] == [False, True, True, True]
+
+
 def test_growth_exponent_is_the_slope_of_the_power_law():
     def point(sweep, width, seq, ms, mib):
         return {"sweep": sweep, "width": width, "seq_len": seq, "batch": 1, "methods": {"full": {

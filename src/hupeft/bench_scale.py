@@ -7,7 +7,7 @@ largest width asked for below it). Each point is a `hupeft bench` of its own: ro
 over rounds, figures with 95% intervals.
 
 `--row-budget S`: a row whose step took more than S seconds at a point is not measured at the
-costlier points after it (its line in the plot ends there, and the JSON says why). PEFT's BOFT
+points at least as wide and as long (its line in the plot ends there, and the JSON says why). PEFT's BOFT
 (dense d x d products) and the uRNN (a d x d matrix exponential) grow fastest; at d = 4096 on one
 CPU thread each of their steps takes minutes, and the sweep would otherwise take hours.
 """
@@ -50,18 +50,26 @@ def sweep(rows: list[str], widths: list[int], seq_lens: list[int], batch: int, s
               "warmup": warmup, "steps": steps, "seed": seed, "widths": widths, "seq_lens": seq_lens,
               "interval": "95% t-interval over rounds; ratios taken within each round", "points": [],
               "points_planned": len(todo), "complete": False, "row_budget_seconds": row_budget}
-    over: dict[str, str] = {}  # row -> why it is no longer measured
+    over: dict[str, tuple[int, int, str]] = {}  # row -> (width, seq_len) where it went over budget, and why
+
+    def skip(row: str, pt: dict) -> str | None:
+        if row not in over:
+            return None
+        width, seq_len, why = over[row]
+        return why if pt["width"] >= width and pt["seq_len"] >= seq_len else None
+
     for pt in tqdm(todo, desc="scale", unit="point", disable=not progress):
-        todo_rows = [r for r in rows if r not in over]
+        todo_rows = [r for r in rows if skip(r, pt) is None]
         bench = run(f"{SINGLE_LAYER}{pt['width']}", todo_rows, ["proj"], batch, pt["seq_len"], warmup, steps,
                     threads, precision, rounds, seed, progress=False, measure=measure)
         measured = bench["methods"]
         for row, r in measured.items():
             took = r.get("step_seconds", {}).get("mean")
-            if row_budget is not None and took is not None and took > row_budget:
-                over[row] = (f"not measured: its step took {took:.1f} s at d={pt['width']}, seq={pt['seq_len']}, "
-                             f"over --row-budget {row_budget:g} s")
-        skipped = {r: {"skipped": over[r]} for r in rows if r not in measured}
+            if row_budget is not None and took is not None and took > row_budget and row not in over:
+                over[row] = (pt["width"], pt["seq_len"],
+                             f"not measured at d >= {pt['width']} and seq >= {pt['seq_len']}: its step took "
+                             f"{took:.1f} s there, over --row-budget {row_budget:g} s")
+        skipped = {r: {"skipped": skip(r, pt)} for r in rows if r not in measured}
         result["points"].append({**pt, **{k: bench[k] for k in ("batch", "rounds", "steps", "warmup", "order")},
                                  "methods": {**measured, **skipped}})
         result["complete"] = len(result["points"]) == len(todo)
