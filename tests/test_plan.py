@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -197,7 +198,28 @@ def test_grid_dry_run_of_the_paper_preset_works_without_a_gpu(capsys, monkeypatc
     from hupeft import grid
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # No network from a dry run: offline, each hub lookup waits through minutes of retries.
+    from transformers import AutoConfig
+
+    from hupeft import models
+    from hupeft.benchmarks import base
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"a dry run asked the hub for data: {args}")
+
+    asked = []
+    real_config = AutoConfig.from_pretrained
+
+    def cache_only(name, *args, **kwargs):
+        asked.append((str(name), kwargs.get("local_files_only", False)))
+        return real_config(name, *args, **kwargs)
+
+    monkeypatch.setattr(base, "hub_rows", no_hub)
+    monkeypatch.setattr(AutoConfig, "from_pretrained", cache_only)
+    monkeypatch.setattr(models, "_CONFIGS", {})
     assert grid.cli_main(["--preset", "paper", "--dry-run"]) == 0
+    hub_ids = [(name, local) for name, local in asked if not Path(name).exists()]
+    assert hub_ids and all(local for _, local in hub_ids), hub_ids
     lines = capsys.readouterr().out.splitlines()
     for model in plan.paper_models():
         tasks = {line.split()[2] for line in lines if line.startswith("todo") and f" {model} " in line}

@@ -303,7 +303,7 @@ def validate(cfg: RunConfig, *, here: bool = True) -> RunConfig:
         opts = methods.make_options(cfg.method, check_method_types(cfg.method, cfg.method_options))
     except (MethodError, TypeError) as e:
         raise ConfigError(str(e).splitlines()[0]) from None
-    _check_layer_shapes(cfg, task, opts)
+    _check_layer_shapes(cfg, task, opts, here)
     _check_data(cfg, bench, task, here)
     return dataclasses.replace(cfg, task=task)
 
@@ -419,6 +419,10 @@ def _check_data(cfg: RunConfig, bench, task: str, here: bool = True) -> None:
         raise ConfigError(f"data={cfg.data!r}: use one of {', '.join(DATA_CHOICES)}, e.g. --set data=real")
     try:
         bench.check_local([s for s in bench.splits.values() if s], cfg.data_dir)
+        if not here and cfg.data != "synthetic" and bench.local_folder(cfg.data_dir)[0] is None:
+            # Planning or submitting: no data folder here, and asking the hub from a login node
+            # without a network waits minutes on retries; the machine that runs the cell checks.
+            return
         splits = data.load_splits(bench, cfg)
     except NoSource as e:
         if not here:  # planning or submitting: the machine that runs the cell may have the data
@@ -453,14 +457,15 @@ def _check_data(cfg: RunConfig, bench, task: str, here: bool = True) -> None:
                           f"of {cfg.model}; lower it, e.g. --set max_new_tokens={positions // 2}")
 
 
-def _check_layer_shapes(cfg: RunConfig, task: str, opts) -> None:
-    """Build the model on the meta device (no weights) to check the method fits its layers."""
+def _check_layer_shapes(cfg: RunConfig, task: str, opts, here: bool = True) -> None:
+    """Build the model on the meta device (no weights) to check the method fits its layers. With
+    `here` False a hub model's config is read from the local cache only (no network retries)."""
     import torch
 
     from hupeft import methods, models
     from hupeft.methods import MethodError
 
-    config = models.model_config(cfg.model)
+    config = models.model_config(cfg.model, hub=here)
     if config is None:  # a hub id we cannot see offline: the load will say so
         return
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification

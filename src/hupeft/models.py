@@ -321,16 +321,19 @@ def _hub(name: str, task: str, num_labels: int, dtype, quantization, quant_stora
     return LoadedModel(model, tok, name, task, "local" if Path(name).exists() else "hub")
 
 
-_CONFIGS: dict[str, Any] = {}
+_CONFIGS: dict[tuple[str, bool], Any] = {}
 
 
-def model_config(name: str):
+def model_config(name: str, hub: bool = True):
     """The model's transformers config without loading weights; None if it cannot be seen offline.
-    Remembered per name: a grid validates every cell, and a hub lookup that fails offline is slow."""
+    Remembered per name: a grid validates every cell, and a hub lookup that fails offline is slow.
+    `hub` False: a hub model's config from the local cache only, never the network."""
     check_name(name)
-    if name not in _CONFIGS:
-        _CONFIGS[name] = _read_config(name)
-    return copy.deepcopy(_CONFIGS[name])
+    key = (name, hub)
+    if key not in _CONFIGS:
+        found = _CONFIGS.get((name, True))  # what the hub gave is as good without it
+        _CONFIGS[key] = found if found is not None else _read_config(name, hub)
+    return copy.deepcopy(_CONFIGS[key])
 
 
 _TOKENIZERS: dict[str, Any] = {}
@@ -357,7 +360,7 @@ def _read_tokenizer(name: str):
         return None
 
 
-def _read_config(name: str):
+def _read_config(name: str, hub: bool = True):
     from transformers import AutoConfig
 
     if name in TINY:
@@ -369,6 +372,6 @@ def _read_config(name: str):
         # one-time fp32 rebuild (~30 s, needed to run anyway) is made here and read instead.
         return AutoConfig.from_pretrained(smollm2_checkpoint())
     try:
-        return AutoConfig.from_pretrained(name)
+        return AutoConfig.from_pretrained(name, local_files_only=not hub)
     except (OSError, ValueError):
         return None
