@@ -223,3 +223,25 @@ def test_memory_is_measured_only_in_the_first_memory_rounds():
     s = bench.summarise(data, ["lora", "boft"])["boft"]
     assert s["step_seconds"]["n"] == 3 and s["peak_memory_bytes"]["n"] == 1 and s["memory_ratio"]["lora"]["n"] == 1
     assert s["memory_kind"] == "m"
+
+
+def test_targets_are_met_missed_or_unresolved_by_their_intervals():
+    def row(lora=None, oft=None, mem=None):
+        step = {k: {"mean": v[0], "half_width": v[1], "n": 5} for k, v in (("lora", lora), ("oft", oft)) if v}
+        memory = {"lora": {"mean": mem, "half_width": float("nan"), "n": 1}} if mem else {}
+        return {"step_seconds": {"mean": 1.0, "half_width": 0.1, "n": 5}, "step_ratio": step,
+                "memory_ratio": memory, "peak_memory_bytes": {"mean": 2 ** 20, "half_width": 0.0, "n": 5},
+                "trainable_params": 1}
+
+    result = {"methods": {"peft_lora": row(lora=(1.01, 0.01)), "boft_m1": row(oft=(0.90, 0.05)),
+                          "boft": row(oft=(1.30, 0.10), mem=1.2), "hybrid": row(lora=(1.15, 0.10), mem=1.05)}}
+    got = {(t["row"], t["ratio"]): t["verdict"] for t in bench.check_targets(result)}
+    assert got == {("peft_lora", "step x lora"): "met",          # 1.00..1.02 inside 0.97..1.03
+                   ("boft_m1", "step x oft"): "met",             # 0.85..0.95 <= 1.0
+                   ("boft", "step x oft"): "missed",             # 1.20..1.40 > 1.1
+                   ("hybrid", "step x lora"): "unresolved",      # 1.05..1.25 across 1.2
+                   ("boft", "memory x lora"): "missed (one round)",
+                   ("hybrid", "memory x lora"): "met (one round)"}
+    frame = scale_report.model_frame(result)
+    assert list(frame["method"]) == ["PEFT LoRA", "BOFT m=1", "BOFT", "Hybrid"]
+    assert frame.loc[0, "x LoRA"] == "1.01±0.01"

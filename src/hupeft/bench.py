@@ -47,6 +47,51 @@ from .bench_rows import PRECISIONS, ROWS
 REFERENCES = {"lora": "lora", "oft": "peft_oft", "floor": "frozen", "full": "full"}
 QUICK_ROWS = ["frozen", "lora", "peft_lora", "boft_m1", "boft", "peft_oft", "hybrid"]
 QUICK = {"rounds": 3, "warmup": 1, "steps": 1, "memory_rounds": 1}
+ADAPTERS = ["lora", "peft_lora", "loraga", "peft_loraga", "boft", "boft_m1", "peft_oft", "peft_oft_exact",
+            "urnn", "hybrid"]
+# The speed and memory targets hupeft holds itself to on SmolLM2 (batch 4 x 128, q/v): (what, row,
+# "step" or "memory", reference column, lowest, highest). A ratio's interval decides: inside the
+# bounds, met; outside, missed; across a bound, not resolved by this many rounds.
+TARGETS = ([("identical code (PEFT's LoRA twice) times the same", "peft_lora", "step", "lora", 0.97, 1.03),
+            ("BOFT m=1 no slower than PEFT's OFT", "boft_m1", "step", "oft", None, 1.0),
+            ("BOFT m=3 within 1.1x PEFT's OFT", "boft", "step", "oft", None, 1.1),
+            ("hybrid within 1.2x LoRA", "hybrid", "step", "lora", None, 1.2)]
+           + [(f"{row} within 1.4x the frozen floor", row, "step", "floor", None, 1.4) for row in ADAPTERS]
+           + [(f"{row} peak memory within 1.1x LoRA's", row, "memory", "lora", None, 1.1) for row in ADAPTERS
+              if row != "lora"])
+
+
+def check_targets(result: dict) -> list[dict]:
+    """Each target whose rows the bench measured: the ratio's interval and whether it meets the
+    target ("met", "missed", or "unresolved" where the interval crosses a bound)."""
+    out = []
+    for what, row, kind, ref, low, high in TARGETS:
+        r = result["methods"].get(row, {})
+        iv = r.get("step_ratio" if kind == "step" else "memory_ratio", {}).get(ref)
+        if not iv:
+            continue
+        lo, hi = iv["mean"] - iv["half_width"], iv["mean"] + iv["half_width"]
+        one = hi != hi  # one round (--quick measures memory once): no interval, the mean is all there is
+        if one:
+            lo = hi = iv["mean"]
+        inside = (low is None or lo >= low) and (high is None or hi <= high)
+        outside = (low is not None and hi < low) or (high is not None and lo > high)
+        bound = " to ".join(f"{b:g}" for b in (low, high) if b is not None) if low is not None else f"<= {high:g}"
+        out.append({"target": what, "row": row, "ratio": f"{kind} x {ref}", "bound": bound,
+                    "mean": iv["mean"], "half_width": iv["half_width"], "n": iv["n"],
+                    "verdict": ("met" if inside else "missed" if outside else "unresolved")
+                    + (" (one round)" if one else "")})
+    return out
+
+
+def targets_table(result: dict) -> str:
+    rows = check_targets(result)
+    if not rows:
+        return ""
+    lines = ["", f"{'target':<48}{'measured':>14}{'bound':>14}  verdict"]
+    for t in rows:
+        lines.append(f"{t['target']:<48}{fmt(t):>14}{t['bound']:>14}  {t['verdict']}")
+    return "\n".join(lines)
 PRELOAD = ["torch", "transformers", "peft", "hupeft.models", "hupeft.methods", "hupeft.bench_rows"]
 
 
@@ -308,4 +353,5 @@ def cli_main(argv: list[str]) -> int:
     result = run(args.model, rows, targets, args.batch, args.seq_len, warmup, steps, args.threads, args.precision,
                  rounds, args.seed, save=save, memory_rounds=QUICK["memory_rounds"] if args.quick else None)
     print(table(result))
+    print(targets_table(result))
     return 1 if any("error" in r for r in result["methods"].values()) else 0

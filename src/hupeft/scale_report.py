@@ -1,5 +1,6 @@
-"""The book's scale page: each method's step time and peak memory as layer width and sequence
-length grow, from the JSON of `hupeft bench --scale` (data/bench/scale.json)."""
+"""The book's cost page: each method's step time and peak memory as layer width and sequence length
+grow, from the JSON of `hupeft bench --scale` (data/bench/scale.json), and the methods against
+PEFT's layers on SmolLM2 with the speed targets, from `hupeft bench --json` (data/bench/smollm2.json)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd
 from .report import METHOD_LABEL
 
 SCALE_JSON = Path(__file__).resolve().parents[2] / "data" / "bench" / "scale.json"
+MODEL_JSON = SCALE_JSON.with_name("smollm2.json")
 LABEL = {**METHOD_LABEL, "frozen": "frozen (floor)", "boft_m1": "BOFT m=1", "peft_lora": "PEFT LoRA",
          "peft_loraga": "PEFT LoRA-GA", "peft_oft": "PEFT OFT", "peft_oft_exact": "PEFT OFT (exact Cayley)",
          "peft_boft_m1": "PEFT BOFT m=1"}
@@ -130,3 +132,50 @@ def show(path: str | Path = SCALE_JSON) -> None:
     display(Markdown("How each cost grows: the exponent k of a power law size^k fitted to the points "
                      "(1 = linear; the floor's exponent is the base layer's own)."))
     _html(growth(f), digits=2)
+
+
+def model_frame(result: dict) -> pd.DataFrame:
+    """One row per bench row: step time, its ratios and peak memory, each 'mean ± 95% half-width'."""
+    from .bench import fmt
+
+    rows = []
+    for name, r in result["methods"].items():
+        if "step_seconds" not in r:
+            rows.append({"method": LABEL.get(name, name), "step s": f"failed: {r.get('error', '?')}"})
+            continue
+        ratio, mem = r["step_ratio"], r["memory_ratio"]
+        rows.append({"method": LABEL.get(name, name), "step s": fmt(r["step_seconds"], 3),
+                     "x LoRA": fmt(ratio.get("lora")), "x PEFT OFT": fmt(ratio.get("oft")),
+                     "x frozen": fmt(ratio.get("floor")), "peak MiB": fmt(r["peak_memory_bytes"], 0, 2 ** -20),
+                     "memory x LoRA": fmt(mem.get("lora")), "trainable": f"{r['trainable_params']:,}"})
+    return pd.DataFrame(rows)
+
+
+def show_model_bench(path: str | Path = MODEL_JSON) -> None:
+    """The SmolLM2 bench against PEFT's layers, and the speed and memory targets it meets or not."""
+    from IPython.display import Markdown, display
+
+    from .bench import check_targets, fmt
+    from .pages import _html
+
+    path = Path(path)
+    if not path.exists():
+        display(Markdown(f"No model bench yet: `hupeft bench --json {path}` writes one."))
+        return
+    result = json.loads(path.read_text())
+    prov = result.get("provenance", {})
+    display(Markdown(
+        f"Measured with `{result.get('command', '?')}` on {prov.get('machine', '?')} (torch {prov.get('torch', '?')}"
+        + (f"; {prov['cpus']} CPUs, load average {prov['load_average']:.1f} when it started" if "cpus" in prov else "")
+        + f"), {prov.get('created_utc', '?')} UTC: {result['model']}, batch {result['batch']} x {result['seq_len']}, "
+        f"adapters on {', '.join(result['targets'])}; {result.get('rounds_done', result['rounds'])} interleaved "
+        f"rounds, each a median of {result['steps']} steps after {result['warmup']} warm-up; "
+        f"{result['interval']}. `lora` and `peft_lora` run the same code (PEFT's LoRA): how far apart they "
+        "come out is the bench's own noise."))
+    _html(model_frame(result))
+    targets = pd.DataFrame([{"target": t["target"], "measured": fmt(t), "bound": t["bound"], "verdict": t["verdict"]}
+                            for t in check_targets(result)])
+    if not targets.empty:
+        display(Markdown("The targets: a ratio's 95% interval inside its bound meets it, outside misses it, "
+                         "across it is not resolved by this many rounds."))
+        _html(targets)
