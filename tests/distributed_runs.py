@@ -3,7 +3,7 @@ hupeft.experiment.run for every (config, out) of the JSON file given, as `hupeft
 launch, so the process group starts once for all of them. A run's "env" sets test hooks
 (HUPEFT_INJECT_NAN, HUPEFT_INJECT_ERROR) for that run only; the runs go one after another in one
 thread. A run with "spy": true has every process other than the main one note in
-OUT/../spy-rank<R>.jsonl each record, adapter, kept output and torch.save file it writes, and
+OUT.spy-rank<R>.jsonl each record, adapter, kept output and torch.save file it writes, and
 write a record (if it does) a second late, so that it would replace the main process's.
 
     accelerate launch --config_file src/hupeft/accelerate_configs/ddp.yaml --num_processes 2 \\
@@ -25,9 +25,10 @@ from hupeft.experiment import run
 
 def _spied(log: Path, what: str, fn, delay: float = 0.0):
     def wrapper(*args, **kwargs):
-        where = next((str(a) for a in args if isinstance(a, (str, os.PathLike))), "")
-        with log.open("a") as f:
-            f.write(json.dumps({"what": what, "path": where}) + "\n")
+        where = next((str(a) for a in args if isinstance(a, (str, os.PathLike))), None)
+        if where is not None:  # not a stream: torch.distributed.checkpoint writing this process's shards
+            with log.open("a") as f:
+                f.write(json.dumps({"what": what, "path": where}) + "\n")
         time.sleep(delay)
         return fn(*args, **kwargs)
     return wrapper
@@ -50,7 +51,7 @@ def spy(out: Path):
     if distributed.is_main_process():
         yield
         return
-    log = out.parent / f"spy-rank{distributed.process_rank()}.jsonl"
+    log = out.parent / f"{out.name}.spy-rank{distributed.process_rank()}.jsonl"
     saved = [(experiment, "write_record"), (experiment, "_keep_outputs"), (torch, "save")]
     saved += [(c, "save") for c in _adapter_classes()]
     originals = [(owner, name, getattr(owner, name)) for owner, name in saved]
