@@ -2,7 +2,8 @@
 hupeft.experiment.run for every (config, out) of the JSON file given, as `hupeft run` does in a
 launch, so the process group starts once for all of them. A run's "env" sets test hooks
 (HUPEFT_INJECT_NAN, HUPEFT_INJECT_ERROR) for that run only; the runs go one after another in one
-thread. A run with "spy": true has every process other than the main one note in
+thread. A run with "slow_main": SECONDS has the main process take that long over each batch (so
+that another process's failure finds it busy, not waiting in a collective). A run with "spy": true has every process other than the main one note in
 OUT.spy-rank<R>.jsonl each record, adapter, kept output and torch.save file it writes, and
 write a record (if it does) a second late, so that it would replace the main process's.
 
@@ -65,11 +66,33 @@ def spy(out: Path):
             setattr(owner, name, fn)
 
 
+@contextlib.contextmanager
+def slow_main(seconds: float):
+    if not distributed.is_main_process():
+        yield
+        return
+    original = experiment._slice_for_process
+
+    def slowly(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    experiment._slice_for_process = slowly
+    try:
+        yield
+    finally:
+        experiment._slice_for_process = original
+
+
 for spec in json.loads(open(sys.argv[1]).read()):
     hooks = spec.get("env", {})
     os.environ.update(hooks)
     try:
-        with spy(Path(spec["out"])) if spec.get("spy") else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if spec.get("spy"):
+                stack.enter_context(spy(Path(spec["out"])))
+            if spec.get("slow_main"):
+                stack.enter_context(slow_main(spec["slow_main"]))
             run(spec["config"], spec["out"], progress=False)
     finally:
         for name in hooks:

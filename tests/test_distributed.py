@@ -220,10 +220,12 @@ def launch_runs(specs: list[dict], folder: Path, strategy: str = "ddp",
 def test_an_exception_on_one_process_ends_the_launch_with_one_failed_record_naming_it(tmp_path, strategy, rank):
     """The failing process leaves its error and exits; the other's collective then fails at once
     (not at the process group's timeout, 30 minutes), and the main process's record names the
-    process that failed first and its exception."""
+    process that failed first and its exception. The main process is kept busy over each batch
+    when process 1 fails: the launcher's SIGTERM reaches it before its collective fails."""
     out = tmp_path / "run"
     spec = {"config": {**BASE, "method": "lora", "batch_size": 2, "processes": 2, "strategy": strategy,
-                       "checkpoint": False}, "out": str(out), "env": {"HUPEFT_INJECT_ERROR": f"{rank}:2"}}
+                       "checkpoint": False}, "out": str(out), "env": {"HUPEFT_INJECT_ERROR": f"{rank}:2"},
+            "slow_main": 1.0 if rank == 1 else 0}
     done = launch_runs([spec], tmp_path, strategy, timeout=120)  # a hang would last the group's 30 minutes
     assert done.returncode != 0
     rec = read_record(out / "record.json")
