@@ -95,15 +95,18 @@ def _fail_launch(record: RunRecord, out: Path | None) -> None:
     if rank == 0:
         record["error"] = _first_failure(record, out, failed_at)
         return
-    record_path = out / RECORD_NAME if out is not None else None
-    # Not when the main process has written its record already: it failed first, and then exited.
-    if record_path is not None and not (record_path.exists() and record_path.stat().st_mtime >= record["started_at"]):
+    # Not when the main process has written its record already: it failed first, then exited.
+    if out is not None and not _written_since(out / RECORD_NAME, record["started_at"]):
         from .atomic import atomic_write_text
 
         atomic_write_text(out / f"{FAILED_PREFIX}{rank}.json",
                           json.dumps({"rank": rank, "at": failed_at, "error": record["error"]}))
     print(f"hupeft run (rank {rank}): {record['error']}", file=sys.stderr, flush=True)
     os._exit(1)
+
+
+def _written_since(path: Path, since: float) -> bool:
+    return path.exists() and path.stat().st_mtime >= since
 
 
 def _first_failure(record: RunRecord, out: Path | None, failed_at: float) -> str:
