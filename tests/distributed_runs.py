@@ -3,7 +3,8 @@ hupeft.experiment.run for every (config, out) of the JSON file given, as `hupeft
 launch, so the process group starts once for all of them. A run's "env" sets test hooks
 (HUPEFT_INJECT_NAN, HUPEFT_INJECT_ERROR) for that run only; the runs go one after another in one
 thread. A run with "slow_main": SECONDS has the main process take that long over each batch (so
-that another process's failure finds it busy, not waiting in a collective). A run with "spy": true has every process other than the main one note in
+that another process's failure finds it busy, not waiting in a collective). A run with "stop":
+[...] has the translation benchmarks cut their completions there. A run with "spy": true has every process other than the main one note in
 OUT.spy-rank<R>.jsonl each record, adapter, kept output and torch.save file it writes, and
 write a record (if it does) a second late, so that it would replace the main process's.
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from hupeft import distributed, experiment, methods
+from hupeft.benchmarks.translation import Translation
 from hupeft.experiment import run
 
 
@@ -67,6 +69,16 @@ def spy(out: Path):
 
 
 @contextlib.contextmanager
+def stop_at(stop: list[str]):
+    original = Translation.stop
+    Translation.stop = tuple(stop)
+    try:
+        yield
+    finally:
+        Translation.stop = original
+
+
+@contextlib.contextmanager
 def slow_main(seconds: float):
     if not distributed.is_main_process():
         yield
@@ -91,6 +103,8 @@ for spec in json.loads(open(sys.argv[1]).read()):
         with contextlib.ExitStack() as stack:
             if spec.get("spy"):
                 stack.enter_context(spy(Path(spec["out"])))
+            if spec.get("stop"):
+                stack.enter_context(stop_at(spec["stop"]))
             if spec.get("slow_main"):
                 stack.enter_context(slow_main(spec["slow_main"]))
             run(spec["config"], spec["out"], progress=False)
