@@ -4,9 +4,10 @@ launch, so the process group starts once for all of them. A run's "env" sets tes
 (HUPEFT_INJECT_NAN, HUPEFT_INJECT_ERROR) for that run only; the runs go one after another in one
 thread. A run with "slow_main": SECONDS has the main process take that long over each batch (so
 that another process's failure finds it busy, not waiting in a collective). A run with "stop":
-[...] has the translation benchmarks cut their completions there. A run with "spy": true has every process other than the main one note in
-OUT.spy-rank<R>.jsonl each record, adapter, kept output and torch.save file it writes, and
-write a record (if it does) a second late, so that it would replace the main process's.
+[...] has the translation benchmarks cut their completions there. A run with "spy": true has
+every process other than the main one note in OUT.spy-rank<R>.jsonl each record, adapter, kept
+output and torch.save file it writes, and write a record (if it does) a second late, so that it
+would replace the main process's.
 
     accelerate launch --config_file src/hupeft/accelerate_configs/ddp.yaml --num_processes 2 \\
         tests/distributed_runs.py runs.json

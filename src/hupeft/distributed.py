@@ -227,7 +227,8 @@ class EvalShard:
     synced (FSDP): every forward is a collective, so the shorter shares are padded with copies of
     an example to the longest share's length (same batches everywhere; their outputs are dropped),
     and generation must keep stepping until every process is done (HF's synced_gpus).
-    counts: on the main process, the examples each process ran, summed over the passes."""
+    counts: on the main process, the examples each process ran (every pass of an evaluation, such
+    as HumanEval's greedy and sampled ones, covers the same examples)."""
 
     def __init__(self, rank: int = 0, world: int = 1, synced: bool = False):
         self.rank, self.world, self.synced = rank, world, synced
@@ -246,7 +247,7 @@ class EvalShard:
         hupeft.data.Truncation) ends up counting every item once, on the main process."""
         items = list(items)
         if self.world == 1:  # exactly the single-process call
-            self.counts[0] += len(items)
+            self.counts[0] = len(items)
             return fn(items, truncation)
         lo, hi = self.bounds(len(items), self.rank)
         mine = items[lo:hi]
@@ -264,7 +265,7 @@ class EvalShard:
         joined = []
         for rank, (rows, calls) in enumerate(parts):
             joined.extend(rows)
-            self.counts[rank] += len(rows)
+            self.counts[rank] = len(rows)
             for call in calls if truncation is not None else ():
                 truncation.see(*call)
         return joined

@@ -108,9 +108,9 @@ class GSM8K(Benchmark):
         prompts = self.prompts(examples, tokenizer)
         budget = max_new_tokens or self.default_max_new_tokens
         shard = shard or EvalShard()
-        outs = shard.map(lambda part, cut: generate(model, tokenizer, part, budget, batch_size=batch_size, stop=self.stop,
-                                                    progress=progress, truncation=cut, synced=shard.synced),
-                         prompts, truncation)
+        outs = shard.map(lambda part, cut: generate(model, tokenizer, part, budget, batch_size=batch_size,
+                                                    stop=self.stop, progress=progress, truncation=cut,
+                                                    synced=shard.synced), prompts, truncation)
         if outs is None:  # another process of a launch: the main one scores
             return None
         outs = [o[0] for o in outs]
