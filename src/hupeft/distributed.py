@@ -231,7 +231,7 @@ class EvalShard:
     as HumanEval's greedy and sampled ones, covers the same examples)."""
 
     def __init__(self, rank: int = 0, world: int = 1, synced: bool = False):
-        self.rank, self.world, self.synced = rank, world, synced
+        self.rank, self.world, self.synced = rank, world, synced and world > 1
         self.counts = [0] * world
 
     @property

@@ -330,7 +330,9 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     # Every process evaluates its share of the examples with the model as trained (under FSDP the
     # sharded model itself: each forward gathers one layer at a time, so no process ever holds the
     # whole model); the main process scores the gathered outputs once.
-    shard = distributed.EvalShard(rank, world, synced=sharded)
+    # Kept in step where every forward is a collective: FSDP, and DeepSpeed's ZeRO-3 (which gathers
+    # each layer's parameters in its forward too).
+    shard = distributed.EvalShard(rank, world, synced=sharded or strategy == "deepspeed")
     if cfg.save_adapter and out is not None:
         _save_adapter(out / ADAPTER_DIR, adapted, sharded, accelerator.is_main_process)
         record["adapter"] = ADAPTER_DIR  # hupeft.methods.load(base model, OUT/adapter)
