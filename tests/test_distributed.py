@@ -74,6 +74,14 @@ def trained(a: dict, start: dict) -> bool:
 # 9 examples, 2 processes of 2: the last global batch has one example, so process 1 runs a
 # stand-in row weighted 0.
 UNEVEN = {**BASE, "method": "lora", "n_train": 9}
+# A generation benchmark on generated data, 5 examples over 2 processes (2 and 3): FSDP pads the
+# first process's share with a row whose completion is dropped. Short completions, cut at "O":
+# the tiny model writes one early in examples 0 and 1 (process 0's batch) but not in example 2
+# (in process 1's first batch), so under FSDP process 0 would run out of forwards first, were
+# generation not kept in step.
+GEN = {**BASE, "method": "lora", "benchmark": "mtbench", "data": "synthetic", "n_eval": 5, "max_len": 144,
+       "max_new_tokens": 6, "eval_batch_size": 2, "checkpoint_every": 1}
+GEN_STOP = ["O"]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +96,8 @@ def launched(tmp_path_factory):
     specs.append({"config": {**UNEVEN, **two, "strategy": "ddp"}, "out": str(root / "uneven")})
     specs.append({"config": {**BASE, **two, "method": "boft", "strategy": "fsdp"}, "out": str(root / "nan"),
                   "env": {"HUPEFT_INJECT_NAN": "1:2"}})  # process 1, optimiser step 2
+    specs += [{"config": {**GEN, **two, "strategy": s}, "out": str(root / "gen" / s), "spy": True, "stop": GEN_STOP}
+              for s in STRATEGIES]
     (root / "runs.json").write_text(json.dumps(specs))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(distributed.config_file("ddp")),
            "--num_processes", "2", "--main_process_port", str(distributed._free_port()),
@@ -97,6 +107,11 @@ def launched(tmp_path_factory):
     for name, (m, o) in RUNS.items():
         run({**BASE, "method": m, "method_options": o, "batch_size": 4}, root / "one" / name, progress=False)
     run({**UNEVEN, "batch_size": 4}, root / "one" / "uneven", progress=False)
+    from hupeft.benchmarks.translation import Translation
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Translation, "stop", tuple(GEN_STOP))
+        run({**GEN, "batch_size": 4}, root / "one" / "gen", progress=False)
     return root
 
 
@@ -161,6 +176,74 @@ def test_nan_on_one_process_stops_both_and_records_diverged(launched):
     assert rec["status"] == "diverged" and "1 of 2 processes" in rec["error"], rec["error"]
     assert len(rec["steps"]) == 1
     assert sorted(p.name for p in out.iterdir()) == ["record.json"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_evaluation_is_sharded_and_gives_one_process_scores_and_generations(launched, strategy):
+    """Each process ran its share of the eval examples; the main process scored the outputs
+    gathered back into the examples' order: the one process's scores, completions and counts."""
+    for name, counts in (("lora", [2, 2]), ("gen", [2, 3])):  # glue/sst2 (4 examples), mtbench (5)
+        two = launched / strategy / "lora" if name == "lora" else launched / "gen" / strategy
+        rec, ref = read_record(two / "record.json"), read_record(launched / "one" / name / "record.json")
+        assert rec["status"] == "ok", rec["error"]
+        assert rec["distributed"]["eval_examples"] == counts and "eval_examples" not in ref["distributed"]
+        assert sum(counts) == rec["config"]["n_eval"] == rec["config"]["data"]["n_eval"]
+        assert rec["scores"] == ref["scores"] and rec["metric_signatures"] == ref["metric_signatures"]
+        assert rec["config"]["data"]["truncated"] == ref["config"]["data"]["truncated"]
+        assert rec["config"]["data"]["longest_tokens"] == ref["config"]["data"]["longest_tokens"]
+    gen, ref_gen = read_jsonl(launched / "gen" / strategy / "generations.jsonl"), read_jsonl(
+        launched / "one" / "gen" / "generations.jsonl")
+    assert len(gen) == 5 and gen == ref_gen  # prompts, completions and references, in order
+    assert len({len(row["generation"]) for row in gen}) > 1  # completions cut at different steps
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_only_the_main_process_writes_the_record_outputs_adapter_and_checkpoint(launched, strategy):
+    """Process 1 noted every such write it made (tests/distributed_runs.py), and a record it wrote
+    would have landed a second after the main process's, without the scores it does not compute."""
+    out = launched / "gen" / strategy
+    spy_log = out.parent / f"{strategy}.spy-rank1.jsonl"
+    writes = [json.loads(line) for line in spy_log.read_text().splitlines()] if spy_log.exists() else []
+    own = [w for w in writes if Path(w["path"]).name == "rng1.pt"]
+    assert writes == own, writes  # under FSDP, its own RNG state in the checkpoint only
+    assert bool(own) == (strategy == "fsdp")  # the spy does see that process's writes
+    rec = read_record(out / "record.json")
+    assert rec["scores"] and rec["distributed"]["eval_examples"] == [2, 3]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "generations.jsonl", "record.json"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def launch_runs(specs: list[dict], folder: Path, strategy: str = "ddp",
+                timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+    """tests/distributed_runs.py over `specs` in one launch of 2 processes."""
+    (folder / "runs.json").write_text(json.dumps(specs))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(distributed.config_file(strategy)),
+           "--num_processes", "2", "--main_process_port", str(distributed._free_port()),
+           str(ROOT / "tests" / "distributed_runs.py"), str(folder / "runs.json")]
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("strategy,rank", [("ddp", 1), ("fsdp", 1), ("fsdp", 0)])
+def test_an_exception_on_one_process_ends_the_launch_with_one_failed_record_naming_it(tmp_path, strategy, rank):
+    """The failing process leaves its error and exits; the other's collective then fails at once
+    (not at the process group's timeout, 30 minutes), and the main process's record names the
+    process that failed first and its exception. The main process is kept busy over each batch
+    when process 1 fails: the launcher's SIGTERM reaches it before its collective fails."""
+    out = tmp_path / "run"
+    spec = {"config": {**BASE, "method": "lora", "batch_size": 2, "processes": 2, "strategy": strategy,
+                       "checkpoint": False}, "out": str(out), "env": {"HUPEFT_INJECT_ERROR": f"{rank}:2"},
+            "slow_main": 1.0 if rank == 1 else 0}
+    done = launch_runs([spec], tmp_path, strategy, timeout=120)  # a hang would last the group's 30 minutes
+    assert done.returncode != 0
+    rec = read_record(out / "record.json")
+    assert rec["status"] == "failed" and len(rec["steps"]) == 1
+    first = rec["error"].splitlines()[0]
+    named = "rank 1 of 2 failed first: " if rank == 1 else "rank 0 of 2: "
+    assert first == named + "RuntimeError: injected error at step 2 (HUPEFT_INJECT_ERROR)", rec["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["record.json"]  # no process's error file is left
 
 
 def test_fsdp_killed_after_a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_result(launched, tmp_path):
@@ -268,3 +351,56 @@ def test_notebook_launch_arguments_give_back_the_config(tmp_path):
     args = parser().parse_args(notebook.command_line(cfg, tmp_path))
     back = RunConfig(model=args.model, method=args.method, benchmark=args.benchmark, seed=args.seed)
     assert validate(apply_overrides(back, args.sets)) == cfg
+
+
+def test_humaneval_runs_the_completions_on_the_main_process_only(monkeypatch):
+    """On process 1 of 2 (its share's completions gathered by the main process: None here), the
+    benchmark generates its share and returns no scores, and nothing runs in the sandbox."""
+    from hupeft import models
+    from hupeft.benchmarks import HumanEval, humaneval_exec
+
+    ran, shared = [], []
+    monkeypatch.setattr(humaneval_exec, "evaluate_samples", lambda *a, **k: ran.append(a) or [])
+    monkeypatch.setattr(distributed, "gather_object", lambda obj: shared.append(obj))  # not the main process
+    loaded = models.load("tiny-llama")
+    examples = HumanEval().load("test", n=3).examples
+    got = HumanEval().evaluate(loaded.model, loaded.tokenizer, examples, max_new_tokens=2, n_samples=10,
+                               progress=False, shard=distributed.EvalShard(rank=1, world=2))
+    assert got is None and ran == []
+    assert [len(rows) for rows, _ in shared] == [2, 2]  # its share (examples 1 and 2), greedy then sampled
+
+
+def _race_to_build(cache: str, barrier, results) -> None:
+    """One of two processes building the same cache folder at once (forked: the monkeypatched
+    build is inherited): each builds its own copy, and both publish once both have built."""
+    from hupeft import models
+
+    def build(folder: Path) -> None:
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_text(str(os.getpid()))
+        barrier.wait(timeout=60)
+
+    os.environ["HUPEFT_CACHE"] = cache
+    models._build_smollm2 = build
+    got = models.smollm2_checkpoint()
+    first = (got / "model.safetensors").read_text()
+    barrier.wait(timeout=60)  # the other process has published (or given up) too
+    results.put((first, (got / "model.safetensors").read_text()))
+
+
+def test_two_processes_building_one_cache_folder_at_once_share_the_first_build(tmp_path):
+    """An empty HUPEFT_CACHE: the loser of the race keeps the winner's folder (never deleting
+    what the winner may be reading) and drops its own copy."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_race_to_build, args=(str(tmp_path), barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    seen = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len({stamp for pair in seen for stamp in pair}) == 1, seen  # one build, in place throughout
+    assert sorted(os.listdir(tmp_path / "models")) == ["smollm2-135m-fp32"]

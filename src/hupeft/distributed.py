@@ -131,7 +131,7 @@ def shard(model, strategy: str, device, precision: str):
     Parameters become DTensors sharded on dim 0; the optimiser must be built afterwards."""
     import torch
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     mesh = init_device_mesh(torch.device(device).type, (launched_world(),))
     kw = {"mesh": mesh}
@@ -144,6 +144,10 @@ def shard(model, strategy: str, device, precision: str):
     for layer in _decoder_layers(model):
         fully_shard(layer, **kw)
     fully_shard(model, **kw)
+    if hasattr(model, "generate"):
+        # A PEFT model's generate calls the inner model's forward, never the root's, so the root
+        # unit (embeddings, head) would stay sharded: generate gathers it as forward does.
+        register_fsdp_forward_method(model, "generate")
     return model
 
 
@@ -198,3 +202,82 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+# --- sharded evaluation -----------------------------------------------------------------------
+
+
+class _SeenRows:
+    """A stand-in for hupeft.data.Truncation that keeps every `see` call, so that the calls of
+    padding rows can be dropped and the rest replayed on the main process."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, int]] = []
+
+    def see(self, n_tokens: int, limit: int) -> bool:
+        self.calls.append((n_tokens, limit))
+        return n_tokens > limit
+
+
+class EvalShard:
+    """This process's part of an evaluation: each process runs the model on a contiguous share of
+    the examples (sizes differing by at most one), and the main process gets every output back in
+    the examples' order to score them once.
+
+    synced (FSDP): every forward is a collective, so the shorter shares are padded with copies of
+    an example to the longest share's length (same batches everywhere; their outputs are dropped),
+    and generation must keep stepping until every process is done (HF's synced_gpus).
+    counts: on the main process, the examples each process ran (every pass of an evaluation, such
+    as HumanEval's greedy and sampled ones, covers the same examples)."""
+
+    def __init__(self, rank: int = 0, world: int = 1, synced: bool = False):
+        self.rank, self.world, self.synced = rank, world, synced and world > 1
+        self.counts = [0] * world
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def bounds(self, n: int, rank: int) -> tuple[int, int]:
+        return n * rank // self.world, n * (rank + 1) // self.world
+
+    def map(self, fn, items, truncation=None):
+        """fn(share, truncation) -> one output per item of `share`; every item's output, in the
+        order of `items`, on the main process (None on the others). `truncation` (a
+        hupeft.data.Truncation) ends up counting every item once, on the main process."""
+        items = list(items)
+        if self.world == 1:  # exactly the single-process call
+            self.counts[0] = len(items)
+            return fn(items, truncation)
+        lo, hi = self.bounds(len(items), self.rank)
+        mine = items[lo:hi]
+        longest = -(-len(items) // self.world)
+        share = mine + [items[0]] * (longest - len(mine) if self.synced else 0)
+        seen = _SeenRows()
+        outs = fn(share, seen)
+        per_row = len(seen.calls) // len(share) if share else 0
+        parts = gather_object((list(outs)[:len(mine)], seen.calls[:per_row * len(mine)]))
+        return None if parts is None else self._join(parts, truncation)
+
+    def _join(self, parts: list, truncation) -> list:
+        """The shares' outputs one after another (contiguous shares: the examples' order), each
+        process's count, and its prompts' truncation replayed into `truncation`."""
+        joined = []
+        for rank, (rows, calls) in enumerate(parts):
+            joined.extend(rows)
+            self.counts[rank] = len(rows)
+            for call in calls if truncation is not None else ():
+                truncation.see(*call)
+        return joined
+
+
+def gather_object(obj):
+    """Every process's `obj`, in rank order, on the main process (None elsewhere); [obj] in a
+    single process. Collective (gloo gathers pickled objects)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out

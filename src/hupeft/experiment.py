@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import random
@@ -56,26 +57,98 @@ def run(config: RunConfig | dict, out_dir: str | os.PathLike | None = None, *, r
                        params={}, epochs=[], scores={}, metric_signatures={}, hybrid_lambda=None, steps=[],
                        environment=environment(), started_at=time.time(), finished_at=None)
     record["config"]["data"] = {"requested": cfg.data}  # the data setting; what served it is added on loading
-    try:
-        _train_and_score(cfg, record, out, resume, progress)
-    except Diverged as e:
-        record["status"], record["error"] = "diverged", str(e)
-    except Exception as e:  # the record keeps the failure; the grid goes on
-        record["status"] = "failed"
-        record["error"] = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exc(limit=-6))
-    record["finished_at"] = time.time()
-    if out is not None and distributed.is_main_process():  # one record per run, however many processes
-        write_record(dict(record), out / RECORD_NAME)
-        if record["status"] != "failed" and not cfg.keep_checkpoint:
-            # The run is complete: the checkpoint (full FT: weights and optimiser) only served resume.
-            import shutil
+    with _outlive_failed_peers(out):
+        try:
+            _train_and_score(cfg, record, out, resume, progress)
+        except Diverged as e:
+            record["status"], record["error"] = "diverged", str(e)
+        except Exception as e:  # the record keeps the failure; the grid goes on
+            record["status"] = "failed"
+            record["error"] = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exc(limit=-6))
+            if distributed.launched_world() > 1:
+                _fail_launch(record, out)
+        record["finished_at"] = time.time()
+        if out is not None and distributed.is_main_process():  # one record per run, however many processes
+            write_record(dict(record), out / RECORD_NAME)
+            if record["status"] != "failed" and not cfg.keep_checkpoint:
+                # The run is complete: the checkpoint (full FT: weights and optimiser) only served resume.
+                import shutil
 
-            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+                shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     return record
 
 
 class Diverged(RuntimeError):
     pass
+
+
+FAILED_PREFIX = ".failed-rank"  # + rank + ".json": a process's failure, for the main process's record
+
+
+def _fail_launch(record: RunRecord, out: Path | None) -> None:
+    """One process of a launch failed: the others wait in a collective it will never join. Another
+    process leaves its error in the run folder and exits, which closes its connections, so that
+    their collectives fail at once (not at the process group's timeout; closing the group is not
+    enough while DDP or FSDP hold it). The main process names in its record the process that
+    failed first."""
+    rank, failed_at = distributed.process_rank(), time.time()
+    if rank == 0:
+        record["error"] = _first_failure(record, out, failed_at)
+        return
+    # Not when the main process has written its record already: it failed first, then exited.
+    if out is not None and not _written_since(out / RECORD_NAME, record["started_at"]):
+        from .atomic import atomic_write_text
+
+        atomic_write_text(out / f"{FAILED_PREFIX}{rank}.json",
+                          json.dumps({"rank": rank, "at": failed_at, "error": record["error"]}))
+    print(f"hupeft run (rank {rank}): {record['error']}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def _written_since(path: Path, since: float) -> bool:
+    return path.exists() and path.stat().st_mtime >= since
+
+
+def _first_failure(record: RunRecord, out: Path | None, failed_at: float) -> str:
+    """The main process's error, or, when another process failed before it (its own error then
+    being the broken connection), that process's error, naming its rank."""
+    world, first = distributed.launched_world(), None
+    for f in sorted(out.glob(f"{FAILED_PREFIX}*.json")) if out is not None else ():
+        peer = json.loads(f.read_text())
+        if record["started_at"] <= peer["at"] < failed_at and (first is None or peer["at"] < first["at"]):
+            first = peer
+    if first is None:
+        return f"rank 0 of {world}: {record['error']}"
+    own = record["error"].splitlines()[0]
+    return f"rank {first['rank']} of {world} failed first: {first['error']}\n(rank 0 then: {own})"
+
+
+@contextlib.contextmanager
+def _outlive_failed_peers(out: Path | None):
+    """The launcher stops every process (SIGTERM) as soon as one exits with an error. While a
+    peer's failure lies in the run folder the main process ignores that signal, to write the
+    record naming it (the launcher's SIGKILL follows after its grace period, 30 s); any other
+    SIGTERM, such as a preempted job's, still ends it at once, without a record, as before."""
+    import signal
+
+    if distributed.launched_world() == 1 or not distributed.is_main_process() or out is None:
+        yield
+        return
+
+    def on_term(signum, frame):
+        if not any(out.glob(f"{FAILED_PREFIX}*.json")):
+            signal.signal(signal.SIGTERM, previous)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    for stale in out.glob(f"{FAILED_PREFIX}*.json"):  # an earlier attempt's
+        stale.unlink(missing_ok=True)
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for f in out.glob(f"{FAILED_PREFIX}*.json"):
+            f.unlink(missing_ok=True)
 
 
 def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume: bool, progress: bool) -> None:
@@ -171,7 +244,8 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     lambda_log = record["hybrid_lambda"] if record["hybrid_lambda"] is not None else (
         {} if methods.family(cfg.method) == "hybrid" else None)
     record["hybrid_lambda"] = lambda_log
-    nan_at = _nan_hook(rank)
+    nan_at = _rank_step_hook("HUPEFT_INJECT_NAN", rank)
+    error_at = _rank_step_hook("HUPEFT_INJECT_ERROR", rank)
     epochs_bar = tqdm(range(start_epoch, cfg.epochs + 1), desc="epochs", disable=not progress,
                       initial=start_epoch - 1, total=cfg.epochs)
     for epoch in epochs_bar:
@@ -194,6 +268,8 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
             ctx = contextlib.nullcontext() if sync or sharded else accelerator.no_sync(train_model)
             with ctx:
                 with accelerator.autocast():
+                    if error_at == step + 1:
+                        raise RuntimeError(f"injected error at step {step + 1} (HUPEFT_INJECT_ERROR)")
                     loss = train_model(**batch).loss
                 if cfg.inject_nan_step is not None and step + 1 == cfg.inject_nan_step or nan_at == step + 1:
                     loss = loss * float("nan")
@@ -251,50 +327,34 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     # 5. Save and score ------------------------------------------------------------------
     with distributed.full_parameters(adapted.model):  # every process, under FSDP
         record["diagnostics"] = {k: v for k, v in adapted.diagnostics().items() if k != "lambda"}
-    final = adapted
-    if sharded:
-        # A plain copy on the main process from the gathered state (FSDP's parameters stay
-        # DTensors in state dicts, and its forward would need every process): it alone saves and
-        # scores, each example once.
-        state = distributed.full_state(adapted.model)
-        if accelerator.is_main_process:
-            final = _rebuild(cfg, bench, adapted, state, accelerator.device, strategy)
-    # No collective from here on: the other processes return (a process group's timeout could
-    # otherwise cut a long evaluation short) and the launch ends when the main process does.
-    if accelerator.is_main_process:
-        if cfg.save_adapter and out is not None:
-            final.save(out / ADAPTER_DIR)
-            record["adapter"] = ADAPTER_DIR  # hupeft.methods.load(base model, OUT/adapter)
-        _score(cfg, record, out, bench, accelerator.unwrap_model(train_model) if final is adapted else final.model,
-               tok, splits, progress)
+    # Every process evaluates its share of the examples with the model as trained (under FSDP the
+    # sharded model itself: each forward gathers one layer at a time, so no process ever holds the
+    # whole model); the main process scores the gathered outputs once.
+    # Kept in step where every forward is a collective: FSDP, and DeepSpeed's ZeRO-3 (which gathers
+    # each layer's parameters in its forward too).
+    shard = distributed.EvalShard(rank, world, synced=sharded or strategy == "deepspeed")
+    if cfg.save_adapter and out is not None:
+        _save_adapter(out / ADAPTER_DIR, adapted, sharded, accelerator.is_main_process)
+        record["adapter"] = ADAPTER_DIR  # hupeft.methods.load(base model, OUT/adapter)
+    _score(cfg, record, out, bench, adapted.model if sharded else accelerator.unwrap_model(train_model),
+           tok, splits, progress, shard)
 
 
-def _rebuild(cfg: RunConfig, bench, adapted, state: dict, device, strategy: str):
-    """The trained model unsharded: the base loaded again, the method applied (its initial factors
-    come from `state`), and every parameter and buffer set from the gathered state."""
-    from . import methods, models, precision as prec, quantization
-
-    # The same base as the run's: a 4-bit one packed with the same storage dtype, so the gathered
-    # packed weights and their quantization state load into layers of the same shapes.
-    model = models.load(cfg.model, task=cfg.task, num_labels=bench.num_labels or 2, dtype=prec.weights_dtype(cfg.dtype),
-                        quantization=cfg.quantization, seed=cfg.seed,
-                        quant_storage=quantization.storage_dtype(cfg.quantization, strategy),
-                        device_map={"": device} if cfg.quantization else None).model
-    fresh = methods.apply(model, cfg.method, adapted.options, init_batches=None)
-    fresh.model.to(device)
-    fresh.model.load_state_dict(state)
-    fresh.model.eval()
-    return fresh
-
-
-def _score(cfg: RunConfig, record: RunRecord, out: Path | None, bench, final, tok, splits, progress: bool) -> None:
+def _score(cfg: RunConfig, record: RunRecord, out: Path | None, bench, model, tok, splits, progress: bool,
+           shard) -> None:
+    """Each process runs the model on its share of the eval split (hupeft.distributed.EvalShard);
+    the main process scores, keeps the outputs and fills the record."""
     from . import data
 
-    final.eval()
+    model.eval()
     eval_cut = data.Truncation()
-    scores = bench.evaluate(final, tok, splits.eval, task=cfg.task, batch_size=cfg.eval_batch_size,
+    scores = bench.evaluate(model, tok, splits.eval, task=cfg.task, batch_size=cfg.eval_batch_size,
                             max_new_tokens=cfg.max_new_tokens, n_samples=cfg.n_samples,
-                            temperature=cfg.temperature, progress=progress, truncation=eval_cut)
+                            temperature=cfg.temperature, progress=progress, truncation=eval_cut, shard=shard)
+    if not shard.main:  # its outputs went to the main process, which scores them
+        return
+    if shard.world > 1:
+        record["distributed"]["eval_examples"] = shard.counts
     _record_truncation(record, eval=eval_cut)
     record["scores"] = {k: float(v) for k, v in scores.items()}
     record["metric_signatures"] = dict(getattr(scores, "signatures", {}))
@@ -307,6 +367,14 @@ def _score(cfg: RunConfig, record: RunRecord, out: Path | None, bench, final, to
 
 
 ADAPTER_DIR = "adapter"
+
+
+def _save_adapter(folder: Path, adapted, sharded: bool, main: bool) -> None:
+    """The main process saves the adapter (full FT: the model). Under FSDP from the state gathered
+    onto it (a collective every process joins), not from the DTensor shards each process holds."""
+    state = distributed.full_state(adapted.model) if sharded else None
+    if main:
+        adapted.save(folder, state=state)
 
 
 def _slice_for_process(whole: dict, rank: int, world: int, task: str) -> tuple[dict, float]:
@@ -355,10 +423,11 @@ def _replica_checksums(params: dict, accelerator, sharded: bool) -> list[list[fl
     return accelerator.gather(mine[None]).cpu().tolist()
 
 
-def _nan_hook(rank: int) -> int | None:
-    """Test hook: HUPEFT_INJECT_NAN=RANK:STEP makes that process's loss NaN at that optimiser step
-    (the config's inject_nan_step does it on every process)."""
-    spec = os.environ.get("HUPEFT_INJECT_NAN", "")
+def _rank_step_hook(name: str, rank: int) -> int | None:
+    """Test hooks, `name`=RANK:STEP: the optimiser step at which this process (if it is RANK)
+    gets a NaN loss (HUPEFT_INJECT_NAN; the config's inject_nan_step does it on every process)
+    or raises in its forward (HUPEFT_INJECT_ERROR); None otherwise."""
+    spec = os.environ.get(name, "")
     if ":" not in spec:
         return None
     r, s = spec.split(":", 1)

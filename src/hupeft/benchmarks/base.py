@@ -264,10 +264,13 @@ class Benchmark:
         raise BenchmarkError(f"{self.name} is a generation benchmark; it has no sequence-classification format")
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
-                 n_samples=None, temperature=None, progress=True, truncation=None) -> dict[str, float]:
+                 n_samples=None, temperature=None, progress=True, truncation=None,
+                 shard=None) -> dict[str, float] | None:
         """Scores by metric name (generation benchmarks return a Scores, which also keeps the
         generations). `truncation` (a hupeft.data.Truncation) counts the prompts cut to fit the
-        model: they lose their start, never their end."""
+        model: they lose their start, never their end. `shard` (a hupeft.distributed.EvalShard)
+        splits the examples over the processes of a launch: each runs the model on its share,
+        and only the main process scores and gets the scores (the others get None)."""
         raise NotImplementedError
 
 

@@ -11,6 +11,7 @@ import torch
 
 from . import scoring, synthetic
 from ..data import keep_end, special_head
+from ..distributed import EvalShard
 from .base import Benchmark, BenchmarkError, Offline, Scores, model_device, model_max_positions
 
 
@@ -32,12 +33,15 @@ class ClassificationBenchmark(Benchmark):
         return texts[0], (texts[1] if len(texts) > 1 else None), self.label(example)
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
-                 n_samples=None, temperature=None, progress=True, truncation=None):
+                 n_samples=None, temperature=None, progress=True, truncation=None, shard=None):
         examples = [e for e in examples if self.label(e) >= 0]  # GLUE test rows carry label -1
         if not examples:
             raise BenchmarkError(f"{self.name}: no labelled examples to evaluate; pass a split with labels")
         predict = predict_seqcls if task == "seq-cls" else predict_causal
-        preds = predict(self, model, tokenizer, examples, batch_size, progress, truncation)
+        preds = (shard or EvalShard()).map(
+            lambda part, cut: predict(self, model, tokenizer, part, batch_size, progress, cut), examples, truncation)
+        if preds is None:  # another process of a launch: the main one scores
+            return None
         labels = [self.label(e) for e in examples]
         out = {"accuracy": scoring.accuracy(preds, labels)}
         if "f1" in self.metrics:

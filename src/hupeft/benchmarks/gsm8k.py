@@ -22,6 +22,7 @@ import random
 import re
 
 from . import scoring
+from ..distributed import EvalShard
 from .base import Benchmark, BenchmarkError, Offline, Scores
 
 OFFLINE_SIZE = {"train": 400, "test": 200}
@@ -101,13 +102,18 @@ class GSM8K(Benchmark):
         return few_shot_prompts(examples, shots, self.format_causal)
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
-                 n_samples=None, temperature=None, progress=True, truncation=None):
+                 n_samples=None, temperature=None, progress=True, truncation=None, shard=None):
         from hupeft.generation import generate
 
         prompts = self.prompts(examples, tokenizer)
         budget = max_new_tokens or self.default_max_new_tokens
-        outs = [o[0] for o in generate(model, tokenizer, prompts, budget, batch_size=batch_size, stop=self.stop,
-                                       progress=progress, truncation=truncation)]
+        shard = shard or EvalShard()
+        outs = shard.map(lambda part, cut: generate(model, tokenizer, part, budget, batch_size=batch_size,
+                                                    stop=self.stop, progress=progress, truncation=cut,
+                                                    synced=shard.synced), prompts, truncation)
+        if outs is None:  # another process of a launch: the main one scores
+            return None
+        outs = [o[0] for o in outs]
         scores = scoring.gsm8k_scores(outs, [e["answer"] for e in examples])
         prompting = (f"{N_SHOT}-shot from train, random.Random({FEWSHOT_SEED})" if self.style == "5-shot"
                      else "0-shot, chat template")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+from ..distributed import EvalShard
 from .base import Benchmark, Offline, Scores
 
 # bigcode-evaluation-harness's stop sequences for its humaneval task: a line that starts a new
@@ -50,40 +51,48 @@ class HumanEval(Benchmark):
         return cut(completion, self.stop)
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
-                 n_samples=None, temperature=None, progress=True, truncation=None):
+                 n_samples=None, temperature=None, progress=True, truncation=None, shard=None):
+        from .humaneval_exec import evaluate_samples
+
         budget = max_new_tokens or self.default_max_new_tokens
         problems = {e["task_id"]: e for e in examples}
-        run = functools.partial(self._run, problems, model, tokenizer, examples, budget=budget,
-                                batch_size=batch_size, progress=progress)
-        greedy = run(1, None, truncation=truncation)
+        complete = functools.partial(self._complete, model, tokenizer, examples, shard or EvalShard(), budget=budget,
+                                     batch_size=batch_size, progress=progress)
+        t = temperature or self.default_temperature
+        sampling = bool(n_samples and n_samples >= 10)  # pass@10: its own samples, never mixed into pass@1
+        # Every process generates its share of both passes; the completions then run once.
+        greedy = complete(1, None, truncation=truncation)
+        sampled = complete(n_samples, t) if sampling else None
+        if greedy is None:  # another process of a launch: the sandbox runs on the main one only
+            return None
+        greedy = evaluate_samples(problems, greedy, progress=progress)
         rows = [{"task_id": r["task_id"], "prompt": problems[r["task_id"]]["prompt"], "generation": r["completion"],
                  "reference": problems[r["task_id"]]["canonical_solution"], "passed": bool(r["passed"])}
                 for r in greedy]
         scores = Scores({"pass@1": _pass_at(greedy, problems, 1)},
                         {"pass@1": f"greedy|max_new_tokens:{budget}|stops:bigcode-evaluation-harness humaneval"},
                         rows, {"samples.jsonl": _human_eval_format(greedy)})
-        if n_samples and n_samples >= 10:  # pass@10: its own samples, never mixed into pass@1
-            t = temperature or self.default_temperature
-            sampled = run(n_samples, t)
+        if sampling:
+            sampled = evaluate_samples(problems, sampled, progress=progress)
             scores["pass@10"] = _pass_at(sampled, problems, 10)
             scores.signatures["pass@10"] = (f"sampled|n:{n_samples}|temperature:{t}|top_p:1|top_k:0|"
                                             f"max_new_tokens:{budget}|unbiased estimator (Chen et al., 2021)")
             scores.files["samples_sampled.jsonl"] = _human_eval_format(sampled)
         return scores
 
-    def _run(self, problems, model, tokenizer, examples, n, temperature, *, budget, batch_size, progress,
-             truncation=None):
-        """n completions per problem, cut at the stops, each run in the sandbox: the results."""
+    def _complete(self, model, tokenizer, examples, shard, n, temperature, *, budget, batch_size, progress,
+                  truncation=None) -> list[dict] | None:
+        """n completions per problem, cut at the stops, as samples {"task_id", "completion"}; None
+        on a process other than the main one of a launch (its share went to the main one)."""
         from hupeft.generation import generate
 
-        from .humaneval_exec import evaluate_samples
-
-        outs = generate(model, tokenizer, [e["prompt"] for e in examples], budget, batch_size=batch_size,
-                        stop=self.stop, do_sample=n > 1, temperature=temperature if n > 1 else None,
-                        num_return_sequences=n, progress=progress, truncation=truncation)
-        samples = [{"task_id": e["task_id"], "completion": self.truncate(c)}
-                   for e, cs in zip(examples, outs) for c in cs]
-        return evaluate_samples(problems, samples, progress=progress)
+        outs = shard.map(lambda part, cut: generate(
+            model, tokenizer, [e["prompt"] for e in part], budget, batch_size=batch_size, stop=self.stop,
+            do_sample=n > 1, temperature=temperature if n > 1 else None, num_return_sequences=n,
+            progress=progress, truncation=cut, synced=shard.synced), examples, truncation)
+        if outs is None:
+            return None
+        return [{"task_id": e["task_id"], "completion": self.truncate(c)} for e, cs in zip(examples, outs) for c in cs]
 
 
 def _human_eval_format(results: list[dict]) -> list[dict]:

@@ -16,6 +16,7 @@ the part it scores.
 from __future__ import annotations
 
 from . import scoring, synthetic
+from ..distributed import EvalShard
 from .base import Benchmark, BenchmarkError, Offline, Scores
 
 LANGUAGES = {
@@ -49,13 +50,16 @@ class Translation(Benchmark):
         return f"Translate {s} to {t}:\n{self.source_text(example)}\n{t}:", f" {self.target_text(example)}"
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
-                 n_samples=None, temperature=None, progress=True, truncation=None):
+                 n_samples=None, temperature=None, progress=True, truncation=None, shard=None):
         from hupeft.generation import generate
 
         prompts = [self.format_causal(e)[0] for e in examples]
-        outs = generate(model, tokenizer, prompts, max_new_tokens or self.default_max_new_tokens,
-                        batch_size=batch_size, stop=self.stop, progress=progress, strip_leading=True,
-                        truncation=truncation)
+        budget, shard = max_new_tokens or self.default_max_new_tokens, shard or EvalShard()
+        outs = shard.map(lambda part, cut: generate(model, tokenizer, part, budget, batch_size=batch_size,
+                                                    stop=self.stop, progress=progress, strip_leading=True,
+                                                    truncation=cut, synced=shard.synced), prompts, truncation)
+        if outs is None:  # another process of a launch: the main one scores
+            return None
         hyps = [o[0].strip() for o in outs]
         refs = [self.target_text(e) for e in examples]
         scores, signatures = scoring.score_translations(hyps, refs, target=self.tgt)

@@ -259,13 +259,16 @@ class Adapted:
             for k, v in state.items():
                 full[k].copy_(v.to(full[k].dtype))
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write `hupeft_adapter.json` and `adapter.safetensors` into `path`, atomically."""
+    def save(self, path: str | os.PathLike, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write `hupeft_adapter.json` and `adapter.safetensors` into `path`, atomically. `state`:
+        the whole model's state dict to take the adapter's tensors from (a sharded model's,
+        gathered by hupeft.distributed.full_state) instead of the model's own."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.adapter_state().items()}
+        own = self.adapter_state()
+        state = {k: (v if state is None else state[k]).detach().cpu().contiguous() for k, v in own.items()}
         _atomic(path / ADAPTER_WEIGHTS, lambda f: save_file(state, f))
         meta = {"method": self.method, "options": self.options.to_dict(), "format": "hupeft"}
         _atomic(path / ADAPTER_CONFIG, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))

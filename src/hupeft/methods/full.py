@@ -27,13 +27,14 @@ class FullAdapted(Adapted):
     def merge(self) -> nn.Module:
         return self.model
 
-    def save(self, path):
-        # The whole model is the "adapter": save_pretrained writes safetensors and config.
+    def save(self, path, state=None):
+        # The whole model is the "adapter": save_pretrained writes safetensors and config (from
+        # `state`, a sharded model's gathered state dict, when given).
         import json
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, safe_serialization=True)
+        self.model.save_pretrained(path, safe_serialization=True, state_dict=state)
         meta = {"method": "full", "options": self.options.to_dict(), "format": "hupeft"}
         atomic_write(path / ADAPTER_CONFIG, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))
         return path

@@ -64,10 +64,11 @@ class PeftAdapted(Adapted):
     def num_total(self) -> int:
         return sum(p.numel() for p in self.model.base_model.model.parameters())
 
-    def save(self, path):
+    def save(self, path, state=None):
+        # PEFT picks the adapter's tensors out of `state` (a sharded model's gathered state dict) when given.
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        self.model.save_pretrained(path, state_dict=state)
         meta = {"method": self.method, "options": self.options.to_dict(), "format": "peft"}
         atomic_write(path / ADAPTER_CONFIG, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))
         return path
