@@ -373,8 +373,13 @@ def _check_precision(cfg: RunConfig) -> None:
 def _check_strategy(cfg: RunConfig) -> None:
     from hupeft import distributed
 
+    from hupeft import methods
+
     try:
         distributed.check(cfg.strategy, cfg.processes)
+        world = max(cfg.processes or 1, distributed.launched_world())
+        distributed.check_method(distributed.resolve(cfg.strategy, world), methods.METHODS[cfg.method].module,
+                                 cfg.quantization)
     except distributed.LaunchError as e:
         raise ConfigError(str(e)) from None
 
