@@ -264,7 +264,17 @@ def deepspeed_process_group(cuda: bool) -> None:
     compatible = deepspeed.ops.__compatible_ops__
     if isinstance(compatible, dict):
         compatible["deepspeed_shm_comm"] = False
-    PartialState(cpu=False, backend="gloo")
+    if not PartialState._shared_state:
+        import atexit
+
+        import torch.distributed as dist
+
+        PartialState(cpu=False, backend="gloo")
+        # A process that leaves while another still works (the main process scores alone) would
+        # otherwise abort at exit ("terminate called without an active exception") as the
+        # interpreter tears down DeepSpeed's gloo groups with their threads still running; the
+        # launch then reports a failure and kills the main process mid-evaluation.
+        atexit.register(lambda: dist.destroy_process_group() if dist.is_initialized() else None)
 
 
 def build_models_whole() -> None:
