@@ -26,6 +26,8 @@ from hupeft.records import read_record  # noqa: E402
 METHODS = ["lora", "full", "loraga", "boft"]
 BASE = dict(model="tiny-llama", benchmark="glue/sst2", seed=1, epochs=1, n_train=8, n_val=4, n_eval=4,
             max_len=48, lr=1e-3, init_batches=2, warmup_ratio=0.0)
+# Two micro-batches per step: 1 example per process (2 processes) or 2 in one process.
+ACCUM = {**BASE, "method": "lora", "grad_accum": 2}
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600
 
@@ -60,6 +62,8 @@ def launched(tmp_path_factory):
     root = tmp_path_factory.mktemp("zero3")
     specs = [{"config": {**BASE, "method": m, "batch_size": 2, "processes": 2, "strategy": "deepspeed",
                          "checkpoint_every": 1}, "out": str(root / "zero3" / m)} for m in METHODS]
+    specs.append({"config": {**ACCUM, "batch_size": 1, "processes": 2, "strategy": "deepspeed"},
+                  "out": str(root / "zero3" / "accum")})
     (root / "runs.json").write_text(json.dumps(specs))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(distributed.config_file("deepspeed")),
            "--num_processes", "2", "--main_process_port", str(distributed._free_port()),
@@ -68,6 +72,7 @@ def launched(tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     for m in METHODS:
         run({**BASE, "method": m, "batch_size": 4}, root / "one" / m, progress=False)
+    run({**ACCUM, "batch_size": 2}, root / "one" / "accum", progress=False)
     return root
 
 
@@ -92,6 +97,19 @@ def test_zero3_on_two_processes_trains_like_one_with_the_same_global_batch(launc
     # One record, and the checkpoints (ZeRO-3's partitions, written by every process) removed.
     assert sorted(p.name for p in two.iterdir()) == ["adapter", "record.json"]
     assert_same_weights(weights(two / "adapter"), weights(one / "adapter"))
+
+
+def test_zero3_accumulates_micro_batches_like_one_process(launched):
+    """The engine steps once per global batch, on the gradient of the micro-batches' mean."""
+    rec, ref = (read_record(launched / d / "accum" / "record.json") for d in ("zero3", "one"))
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["distributed"]["global_batch"] == ref["distributed"]["global_batch"] == 4
+    assert len(rec["steps"]) == len(ref["steps"]) == 2
+    for a, b in zip(rec["steps"], ref["steps"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert_same_weights(weights(launched / "zero3" / "accum" / "adapter"),
+                        weights(launched / "one" / "accum" / "adapter"))
 
 
 @pytest.mark.parametrize("method,sets,message", [
