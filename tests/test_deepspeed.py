@@ -112,6 +112,27 @@ def test_zero3_accumulates_micro_batches_like_one_process(launched):
                         weights(launched / "one" / "accum" / "adapter"))
 
 
+def test_zero3_killed_after_a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_result(launched, tmp_path):
+    """`hupeft run --set processes=2` launches the processes itself; all exit after step 1's
+    checkpoint (every process's ZeRO-3 partitions), as a preempted job would, and --resume
+    continues from it."""
+    cfg = {**BASE, "method": "lora", "batch_size": 2, "processes": 2, "strategy": "deepspeed", "checkpoint_every": 1}
+    args = ["--model", "tiny-llama", "--method", "lora", "--benchmark", BASE["benchmark"], "--seed", str(BASE["seed"])]
+    args += [x for k, v in cfg.items() if k not in ("model", "method", "benchmark", "seed") for x in ("--set", f"{k}={v}")]
+    args += ["--out", str(tmp_path), "--quiet"]
+    cli = [sys.executable, "-m", "hupeft", "run", *args]
+    killed = subprocess.run(cli, env={**env(), "HUPEFT_EXIT_AFTER_STEP": "1"}, capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert killed.returncode != 0 and not (tmp_path / "record.json").exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoint" / "deepspeed" / "checkpoint").iterdir()) == [
+        f"zero_pp_rank_{r}_mp_rank_00_{k}_states.pt" for r in (0, 1) for k in ("model", "optim")]
+    resumed = subprocess.run(cli + ["--resume"], env=env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rec, whole = read_record(tmp_path / "record.json"), read_record(launched / "zero3" / "lora" / "record.json")
+    assert rec["resumed_from_step"] == 1 and rec["steps"] == whole["steps"] and rec["scores"] == whole["scores"]
+    assert_same_weights(weights(tmp_path / "adapter"), weights(launched / "zero3" / "lora" / "adapter"), rel=1e-6)
+
+
 @pytest.mark.parametrize("method,sets,message", [
     ("urnn", [], "strategy=deepspeed cannot train urnn"),
     ("urnn-structured", [], "strategy=deepspeed cannot train urnn"),
