@@ -223,7 +223,8 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
                 continue
             # Clip first: it scales every gradient alike, so the hybrid's lambda (a ratio of
             # norms) is unchanged, and the uRNN manifold step sees bounded gradients. The norm is
-            # the global one (DDP: gradients already averaged; FSDP: over the shards).
+            # the global one (DDP: gradients already averaged; FSDP: over the shards; ZeRO-3: the
+            # engine's, which clipped and stepped inside backward, then hupeft's schedule steps).
             norm = zero3_norm if zero3 else _clip(accelerator, params, cfg.clip_norm, sharded)
             acc["norms"].append(norm)
             adapted.before_step()
