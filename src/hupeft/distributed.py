@@ -270,10 +270,10 @@ def deepspeed_process_group(cuda: bool) -> None:
         import torch.distributed as dist
 
         PartialState(cpu=False, backend="gloo")
-        # A process that leaves while another still works (the main process scores alone) would
-        # otherwise abort at exit ("terminate called without an active exception") as the
-        # interpreter tears down DeepSpeed's gloo groups with their threads still running; the
-        # launch then reports a failure and kills the main process mid-evaluation.
+        # torch asks for the process group to be destroyed before exit. A process that left with
+        # DeepSpeed's gloo groups alive while the main process still scored has been seen to abort
+        # at exit ("terminate called without an active exception"), so the launch failed and
+        # killed the main process before it wrote the record.
         atexit.register(lambda: dist.destroy_process_group() if dist.is_initialized() else None)
 
 
