@@ -5,15 +5,14 @@ partitioned parameters, one record; and the methods ZeRO-3 cannot train refused 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("deepspeed", reason="strategy=deepspeed needs DeepSpeed: pip install 'hupeft[deepspeed]'")
-
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -65,8 +64,9 @@ def launched(tmp_path_factory):
     specs.append({"config": {**ACCUM, "batch_size": 1, "processes": 2, "strategy": "deepspeed"},
                   "out": str(root / "zero3" / "accum")})
     (root / "runs.json").write_text(json.dumps(specs))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(distributed.config_file("deepspeed")),
-           "--num_processes", "2", "--main_process_port", str(distributed._free_port()),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--config_file", str(distributed.config_file("deepspeed")), "--num_processes", "2",
+           "--main_process_port", str(distributed._free_port()),
            str(ROOT / "tests" / "distributed_runs.py"), str(root / "runs.json")]
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -118,7 +118,8 @@ def test_zero3_killed_after_a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_
     continues from it."""
     cfg = {**BASE, "method": "lora", "batch_size": 2, "processes": 2, "strategy": "deepspeed", "checkpoint_every": 1}
     args = ["--model", "tiny-llama", "--method", "lora", "--benchmark", BASE["benchmark"], "--seed", str(BASE["seed"])]
-    args += [x for k, v in cfg.items() if k not in ("model", "method", "benchmark", "seed") for x in ("--set", f"{k}={v}")]
+    args += [x for k, v in cfg.items() if k not in ("model", "method", "benchmark", "seed")
+             for x in ("--set", f"{k}={v}")]
     args += ["--out", str(tmp_path), "--quiet"]
     cli = [sys.executable, "-m", "hupeft", "run", *args]
     killed = subprocess.run(cli, env={**env(), "HUPEFT_EXIT_AFTER_STEP": "1"}, capture_output=True, text=True,

@@ -104,7 +104,8 @@ def check_method(strategy: str, family: str, quantization: str | None) -> None:
     if strategy != "deepspeed":
         return
     if family in NOT_DEEPSPEED:
-        raise LaunchError(f"strategy=deepspeed cannot train {family}: {NOT_DEEPSPEED[family]}; use strategy=fsdp or ddp")
+        raise LaunchError(f"strategy=deepspeed cannot train {family}: {NOT_DEEPSPEED[family]}; "
+                          "use strategy=fsdp or ddp")
     if quantization:
         raise LaunchError(f"strategy=deepspeed cannot partition a {quantization} base's packed weights; "
                           "use strategy=fsdp (4bit) or ddp")
