@@ -88,8 +88,8 @@ class RunConfig:
     the GPUs, or on the CPU with gloo). None: as launched (1 outside a launch)."""
     strategy: str = "auto"
     """How several processes share the work: ddp (each holds the model), fsdp (sharded, FSDP2),
-    fsdp_offload (sharded, kept in CPU memory; GPU), deepspeed (ZeRO-3; extra 'deepspeed'), or auto (the
-    launch's accelerate config, else ddp)."""
+    fsdp_offload (sharded, kept in CPU memory; GPU), deepspeed (ZeRO-3, 2+ processes, not urnn or
+    hybrid; extra 'deepspeed'), or auto (the launch's accelerate config, else ddp)."""
     keep_checkpoint: bool = False
     """Keep the last checkpoint after the run completes (by default it is removed then)."""
     inject_nan_step: int | None = None
@@ -373,8 +373,13 @@ def _check_precision(cfg: RunConfig) -> None:
 def _check_strategy(cfg: RunConfig) -> None:
     from hupeft import distributed
 
+    from hupeft import methods
+
     try:
         distributed.check(cfg.strategy, cfg.processes)
+        world = max(cfg.processes or 1, distributed.launched_world())
+        distributed.check_method(distributed.resolve(cfg.strategy, world), methods.METHODS[cfg.method].module,
+                                 cfg.quantization)
     except distributed.LaunchError as e:
         raise ConfigError(str(e)) from None
 

@@ -85,6 +85,30 @@ def check(strategy: str, processes: int | None) -> None:
         if importlib.util.find_spec("deepspeed") is None:
             raise LaunchError("strategy=deepspeed needs DeepSpeed: pip install 'hupeft[deepspeed]' "
                               "(or pick strategy=fsdp)")
+        if max(processes or 1, world) < 2:  # ZeRO-3 partitions over processes; alone it only adds overhead
+            raise LaunchError("strategy=deepspeed partitions the model over several processes; add --set processes=2 "
+                              "or more, or use strategy=single")
+        if world > 1 and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+            raise LaunchError(f"strategy=deepspeed needs a DeepSpeed launch: accelerate launch --config_file "
+                              f"{config_file('deepspeed')} (or let hupeft run --set processes=N launch it)")
+
+
+# Methods whose step reads or rewrites gradients between backward and the optimiser step, or
+# steps some parameters itself: under ZeRO-3 the engine steps inside backward, on flat partitions.
+NOT_DEEPSPEED = {"urnn": "its manifold step on U needs each whole gradient",
+                 "hybrid": "its lambda rule rescales each branch's whole gradient before the step"}
+
+
+def check_method(strategy: str, family: str, quantization: str | None) -> None:
+    """Refuse, before launching, a method or base that DeepSpeed ZeRO-3 cannot train."""
+    if strategy != "deepspeed":
+        return
+    if family in NOT_DEEPSPEED:
+        raise LaunchError(f"strategy=deepspeed cannot train {family}: {NOT_DEEPSPEED[family]}; "
+                          "use strategy=fsdp or ddp")
+    if quantization:
+        raise LaunchError(f"strategy=deepspeed cannot partition a {quantization} base's packed weights; "
+                          "use strategy=fsdp (4bit) or ddp")
 
 
 def config_file(strategy: str) -> Path:
@@ -103,7 +127,19 @@ def launch_command(argv: list[str], processes: int, strategy: str) -> list[str]:
 
 def launch(argv: list[str], processes: int, strategy: str) -> int:
     """Start the processes and wait; their exit status (0 only if every process succeeded)."""
-    return subprocess.run(launch_command(argv, processes, strategy), check=False).returncode
+    return subprocess.run(launch_command(argv, processes, strategy), check=False, env=launch_env(strategy)).returncode
+
+
+def launch_env(strategy: str) -> dict:
+    """The launch's environment: DeepSpeed is told it runs on the CPU where no GPU is, rather than
+    probing every accelerator it knows in each process."""
+    env = dict(os.environ)
+    if strategy == "deepspeed" and "DS_ACCELERATOR" not in env:
+        import torch
+
+        if not torch.cuda.is_available():
+            env["DS_ACCELERATOR"] = "cpu"
+    return env
 
 
 def _free_port() -> int:
@@ -163,6 +199,12 @@ def full_parameters(model):
     movement, saving, evaluation); a no-op for an unsharded model. Collective: every rank enters."""
     from torch.distributed.fsdp import FSDPModule
 
+    if is_deepspeed(model):  # ZeRO-3: every partitioned parameter gathered whole on every process
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            yield model
+        return
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for u in units:
         u.set_reshard_after_forward(False)  # forwards inside (generation) reuse the gathered weights
@@ -180,6 +222,9 @@ def full_state(model) -> dict:
     empty dict elsewhere). Collective: every rank calls it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    if is_deepspeed(model):
+        with full_parameters(model):
+            return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if is_main_process() else {}
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -281,3 +326,75 @@ def gather_object(obj):
     out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+# --- DeepSpeed ZeRO-3 -------------------------------------------------------------------------
+
+
+def deepspeed_process_group(cuda: bool) -> None:
+    """Before the Accelerator of a DeepSpeed launch: on the CPU, start the process group on gloo.
+
+    accelerate 1.15 finds no backend for a DeepSpeed launch without a GPU (state.py: only
+    MULTI_CPU, which DeepSpeed's launch is not, gets gloo), so each process would count itself as
+    the only one; naming gloo gives PartialState the launch's ranks, and DeepSpeed's CPU
+    accelerator uses gloo when oneCCL is absent. DeepSpeed's torch backend also JIT-compiles a
+    shared-memory all-reduce at start (a C++ compiler, ~30 s once per machine) that only its
+    tensor-parallel inference calls; ZeRO's collectives do not, so it is marked unbuildable."""
+    if cuda:
+        return
+    import deepspeed.ops
+    from accelerate import PartialState
+
+    compatible = deepspeed.ops.__compatible_ops__
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
+    if not PartialState._shared_state:
+        import atexit
+
+        import torch.distributed as dist
+
+        PartialState(cpu=False, backend="gloo")
+        # torch asks for the process group to be destroyed before exit. A process that left with
+        # DeepSpeed's gloo groups alive while the main process still scored has been seen to abort
+        # at exit ("terminate called without an active exception"), so the launch failed and
+        # killed the main process before it wrote the record.
+        atexit.register(lambda: dist.destroy_process_group() if dist.is_initialized() else None)
+
+
+def build_models_whole() -> None:
+    """Models built from here on are whole on each process, as under the other strategies (the
+    methods' initialisations read whole weights and gradients). accelerate's DeepSpeed plugin
+    registers its ZeRO-3 config with transformers, which would then build every model partitioned
+    (zero.Init) at load; prepare partitions the model instead, once the method is applied."""
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
+def deepspeed_config(accelerator, micro_batch: int, grad_accum: int, clip_norm: float) -> None:
+    """The entries of the launch's DeepSpeed config that are the run's: no dataloader goes through
+    prepare, so the batch sizes are set here; clipping (0: none) is done by the engine's step."""
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = micro_batch
+    ds["gradient_accumulation_steps"] = grad_accum
+    ds["train_batch_size"] = micro_batch * grad_accum * accelerator.num_processes
+    ds["gradient_clipping"] = float(clip_norm or 0.0)
+
+
+def is_deepspeed(model) -> bool:
+    """Whether ZeRO-3 partitions this model's parameters (DeepSpeed tags each with ds_id)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def deepspeed_backward(engine, loss, boundary: bool) -> float | None:
+    """Backward through the engine, and at the end of a global batch its step (clip, AdamW, zero
+    the gradients): under ZeRO-3 only the engine holds the reduced gradient partitions. The loss
+    is already divided by the accumulation steps, as for the other strategies. Returns the global
+    gradient norm before clipping at a boundary."""
+    engine.set_gradient_accumulation_boundary(boundary)
+    engine.backward(loss, scale_wrt_gas=False)
+    if not boundary:
+        return None
+    engine.step()
+    norm = engine.get_global_grad_norm()
+    return float(norm)

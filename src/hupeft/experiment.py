@@ -172,7 +172,13 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+    # DeepSpeed is applied by accelerate only off its CPU mode; on the CPU it then needs gloo named.
+    zero3 = distributed.resolve(cfg.strategy, distributed.launched_world()) == "deepspeed"
+    if zero3:
+        distributed.deepspeed_process_group(cuda)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda and not zero3)
+    if zero3:
+        distributed.build_models_whole()
     rank, world = accelerator.process_index, accelerator.num_processes
     strategy = distributed.resolve(cfg.strategy, world)
     sharded = strategy in distributed.SHARDED
@@ -231,14 +237,14 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     if sharded:
         train_model = adapted.model
     else:  # DDP (or DeepSpeed) through accelerate; the scheduler is stepped by hand, so not prepared.
-        if strategy == "deepspeed":  # no dataloader goes through prepare: DeepSpeed needs the batch size
-            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        if zero3:
+            distributed.deepspeed_config(accelerator, cfg.batch_size, cfg.grad_accum, cfg.clip_norm)
         train_model, optimizer = accelerator.prepare(adapted.model, optimizer)
 
     start_epoch, step, skip, partial = 1, 0, 0, None
     if resume and out is not None and (out / CHECKPOINT_DIR / "state.pt").exists():
         start_epoch, step, skip, partial = _load_checkpoint(out / CHECKPOINT_DIR, adapted, optimizer, scheduler,
-                                                            record, sharded, rank)
+                                                            record, sharded, rank, train_model if zero3 else None)
 
     # 4. Train ---------------------------------------------------------------------------
     lambda_log = record["hybrid_lambda"] if record["hybrid_lambda"] is not None else (
@@ -283,15 +289,19 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
                     _finish_epoch(record, epoch, acc, None, t0, sampler, adapted)
                     raise Diverged(f"non-finite loss at epoch {epoch}, step {step + 1}"
                                    + (f" (on {int(totals[1])} of {world} processes)" if world > 1 else ""))
-                accelerator.backward(share / cfg.grad_accum)
+                if zero3:  # the engine steps inside, at the end of the global batch
+                    zero3_norm = distributed.deepspeed_backward(train_model, share / cfg.grad_accum, sync)
+                else:
+                    accelerator.backward(share / cfg.grad_accum)
             acc["losses"].append(float(totals[0]))
             acc["tokens"] += data.count_tokens(batch) if weight > 0 else 0
             if not sync:
                 continue
             # Clip first: it scales every gradient alike, so the hybrid's lambda (a ratio of
             # norms) is unchanged, and the uRNN manifold step sees bounded gradients. The norm is
-            # the global one (DDP: gradients already averaged; FSDP: over the shards).
-            norm = _clip(accelerator, params, cfg.clip_norm, sharded)
+            # the global one (DDP: gradients already averaged; FSDP: over the shards; ZeRO-3: the
+            # engine's, which clipped and stepped inside backward, then hupeft's schedule steps).
+            norm = zero3_norm if zero3 else _clip(accelerator, params, cfg.clip_norm, sharded)
             acc["norms"].append(norm)
             adapted.before_step()
             optimizer.step()
@@ -312,7 +322,8 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
             if (cfg.checkpoint and cfg.checkpoint_every and out is not None and step % cfg.checkpoint_every == 0
                     and i + 1 < len(epoch_batches)):
                 _save_checkpoint(out / CHECKPOINT_DIR, adapted, optimizer, scheduler, record, sharded, rank,
-                                 {"epoch": epoch, "skip": i + 1, "step": step, "partial": acc})
+                                 {"epoch": epoch, "skip": i + 1, "step": step, "partial": acc},
+                                 train_model if zero3 else None)
                 _exit_hook("HUPEFT_EXIT_AFTER_STEP", step)
         skip = 0
         val_loss = _validation_loss(train_model, val_batches, to_dev, accelerator, rank, world, cfg.task)
@@ -320,9 +331,10 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
         epochs_bar.set_postfix(train=f"{record['epochs'][-1]['train_loss']:.3f}", val=f"{val_loss:.3f}")
         if cfg.checkpoint and out is not None:
             _save_checkpoint(out / CHECKPOINT_DIR, adapted, optimizer, scheduler, record, sharded, rank,
-                             {"epoch": epoch + 1, "skip": 0, "step": step, "partial": None})
+                             {"epoch": epoch + 1, "skip": 0, "step": step, "partial": None},
+                             train_model if zero3 else None)
             _exit_hook("HUPEFT_EXIT_AFTER_EPOCH", epoch)
-    record["distributed"]["replica_checksums"] = _replica_checksums(params, accelerator, sharded)
+    record["distributed"]["replica_checksums"] = _replica_checksums(params, accelerator, sharded or zero3)
 
     # 5. Save and score ------------------------------------------------------------------
     with distributed.full_parameters(adapted.model):  # every process, under FSDP
@@ -334,8 +346,9 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     # each layer's parameters in its forward too).
     shard = distributed.EvalShard(rank, world, synced=sharded or strategy == "deepspeed")
     if cfg.save_adapter and out is not None:
-        _save_adapter(out / ADAPTER_DIR, adapted, sharded, accelerator.is_main_process)
+        _save_adapter(out / ADAPTER_DIR, adapted, sharded or zero3, accelerator.is_main_process)
         record["adapter"] = ADAPTER_DIR  # hupeft.methods.load(base model, OUT/adapter)
+    # (ZeRO-3: the engine's module, whose forward gathers each layer's partitions.)
     _score(cfg, record, out, bench, adapted.model if sharded else accelerator.unwrap_model(train_model),
            tok, splits, progress, shard)
 
@@ -413,7 +426,7 @@ def _clip(accelerator, params: dict, clip_norm: float, sharded: bool) -> float:
 
 def _replica_checksums(params: dict, accelerator, sharded: bool) -> list[list[float]] | None:
     """Per process, (sum, sum of squares) of its trainable parameters: equal rows mean every
-    replica ended with the same weights. None under FSDP, where each process holds a shard."""
+    replica ended with the same weights. None under FSDP or ZeRO-3, where each process holds a shard."""
     import torch
 
     if sharded:
@@ -532,13 +545,14 @@ def _rng_state() -> dict:
 
 
 def _save_checkpoint(folder: Path, adapted, optimizer, scheduler, record, sharded: bool, rank: int,
-                     position: dict) -> None:
+                     position: dict, engine=None) -> None:
     """Everything needed to continue from `position` (the epoch to run, the global batches of it
     already trained, the step count and the epoch's running sums), written to a temporary folder
     then renamed. The main process writes `state.pt` (position, schedule, the record so far, and
     outside FSDP the trainable state and optimiser); under FSDP every process writes its shards
     of the trainable state and optimiser with torch.distributed.checkpoint into `sharded/`, and
-    its own RNG state."""
+    its own RNG state; under ZeRO-3 the DeepSpeed `engine` writes every process's partitions into
+    `deepspeed/`."""
     import shutil
 
     import torch
@@ -558,6 +572,8 @@ def _save_checkpoint(folder: Path, adapted, optimizer, scheduler, record, sharde
         model_state, optim_state = _sharded_state(adapted, optimizer)
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "sharded"))
         torch.save(_rng_state(), tmp / f"rng{rank}.pt")
+    elif engine is not None:  # the trained weights live only in the optimiser's fp32 partitions
+        engine.save_checkpoint(str(tmp / "deepspeed"), tag=CHECKPOINT_DIR, save_latest=False)
     elif rank == 0:
         meta["adapter"] = {k: v.detach().cpu().clone() for k, v in adapted.adapter_state().items()}
         meta["optimizer"] = optimizer.state_dict()
@@ -582,7 +598,7 @@ def _sharded_state(adapted, optimizer):
 
 
 def _load_checkpoint(folder: Path, adapted, optimizer, scheduler, record, sharded: bool,
-                     rank: int) -> tuple[int, int, int, dict | None]:
+                     rank: int, engine=None) -> tuple[int, int, int, dict | None]:
     """Restore a checkpoint; (epoch to run, step, global batches of it to skip, its running sums)."""
     import numpy as np
     import torch
@@ -599,6 +615,9 @@ def _load_checkpoint(folder: Path, adapted, optimizer, scheduler, record, sharde
         set_state_dict(adapted.model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
                        options=StateDictOptions(ignore_frozen_params=adapted.method != "full", strict=False))
         rng = torch.load(folder / f"rng{rank}.pt", weights_only=False)
+    elif engine is not None:
+        engine.load_checkpoint(str(folder / "deepspeed"), tag=CHECKPOINT_DIR)
+        rng = ck["rng"]
     else:
         adapted.load_adapter_state(ck["adapter"])
         optimizer.load_state_dict(ck["optimizer"])
