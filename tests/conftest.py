@@ -64,3 +64,30 @@ def make_biased(seed: int = 0):
             if name.endswith("bias"):
                 p.normal_(0, 0.5)
     return model
+
+
+# --- multi-process runs (test_distributed, test_deepspeed) ---------------------------------------
+
+# 8 examples, 2 per process and step: 2 steps of a global batch of 4.
+TWO_PROCESS_BASE = dict(model="tiny-llama", benchmark="glue/sst2", seed=1, epochs=1, n_train=8, n_val=4,
+                        n_eval=4, max_len=48, lr=1e-3, init_batches=2, warmup_ratio=0.0)
+
+
+def saved_weights(folder) -> dict:
+    """Every tensor of a saved adapter (or full model) folder."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    assert state, f"nothing saved in {folder}"
+    return state
+
+
+def assert_same_weights(a: dict, b: dict, rel: float = 1e-4) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        diff = (a[k].double() - b[k].double()).norm()
+        assert diff <= rel * b[k].double().norm() + 1e-7, f"{k}: |a - b| = {diff:.3g} of |b| = {b[k].norm():.3g}"

@@ -14,8 +14,7 @@ import pytest
 
 pytest.importorskip("deepspeed", reason="strategy=deepspeed needs DeepSpeed: pip install 'hupeft[deepspeed]'")
 
-import torch  # noqa: E402
-
+from conftest import TWO_PROCESS_BASE, assert_same_weights, saved_weights  # noqa: E402
 from hupeft import distributed  # noqa: E402
 from hupeft.experiment import run  # noqa: E402
 from hupeft.records import read_record  # noqa: E402
@@ -23,8 +22,7 @@ from hupeft.records import read_record  # noqa: E402
 # The methods ZeRO-3 trains (urnn and hybrid are refused, below). The settings of the DDP and FSDP
 # tests: 8 examples, 2 per process and step, so 2 steps of a global batch of 4.
 METHODS = ["lora", "full", "loraga", "boft"]
-BASE = dict(model="tiny-llama", benchmark="glue/sst2", seed=1, epochs=1, n_train=8, n_val=4, n_eval=4,
-            max_len=48, lr=1e-3, init_batches=2, warmup_ratio=0.0)
+BASE = TWO_PROCESS_BASE
 # Two micro-batches per step: 1 example per process (2 processes) or 2 in one process.
 ACCUM = {**BASE, "method": "lora", "grad_accum": 2}
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,21 +35,6 @@ def env() -> dict:
             "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    state = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(f)))
-    assert state, f"nothing saved in {folder}"
-    return state
-
-
-def assert_same_weights(a: dict, b: dict, rel: float = 1e-4) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        diff = (a[k].double() - b[k].double()).norm()
-        assert diff <= rel * b[k].double().norm() + 1e-7, f"{k}: |a - b| = {diff:.3g} of |b| = {b[k].norm():.3g}"
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +79,7 @@ def test_zero3_on_two_processes_trains_like_one_with_the_same_global_batch(launc
     assert rec["scores"] == ref["scores"]
     # One record, and the checkpoints (ZeRO-3's partitions, written by every process) removed.
     assert sorted(p.name for p in two.iterdir()) == ["adapter", "record.json"]
-    assert_same_weights(weights(two / "adapter"), weights(one / "adapter"))
+    assert_same_weights(saved_weights(two / "adapter"), saved_weights(one / "adapter"))
 
 
 def test_zero3_accumulates_micro_batches_like_one_process(launched):
@@ -108,8 +91,8 @@ def test_zero3_accumulates_micro_batches_like_one_process(launched):
     for a, b in zip(rec["steps"], ref["steps"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-    assert_same_weights(weights(launched / "zero3" / "accum" / "adapter"),
-                        weights(launched / "one" / "accum" / "adapter"))
+    assert_same_weights(saved_weights(launched / "zero3" / "accum" / "adapter"),
+                        saved_weights(launched / "one" / "accum" / "adapter"))
 
 
 def test_zero3_killed_after_a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_result(launched, tmp_path):
@@ -131,7 +114,7 @@ def test_zero3_killed_after_a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rec, whole = read_record(tmp_path / "record.json"), read_record(launched / "zero3" / "lora" / "record.json")
     assert rec["resumed_from_step"] == 1 and rec["steps"] == whole["steps"] and rec["scores"] == whole["scores"]
-    assert_same_weights(weights(tmp_path / "adapter"), weights(launched / "zero3" / "lora" / "adapter"), rel=1e-6)
+    assert_same_weights(saved_weights(tmp_path / "adapter"), saved_weights(launched / "zero3" / "lora" / "adapter"), rel=1e-6)
 
 
 @pytest.mark.parametrize("method,sets,message", [

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TWO_PROCESS_BASE, assert_same_weights, saved_weights
 from hupeft import distributed
 from hupeft.experiment import run
 from hupeft.records import read_record
@@ -23,8 +24,7 @@ METHODS = ["full", "lora", "loraga", "boft", "urnn", "urnn-structured", "hybrid"
 RUNS = {**{m: (m, {}) for m in METHODS}, "hybrid-paper": ("hybrid", {"lambda_rule": "paper"})}
 STRATEGIES = ["ddp", "fsdp"]
 # 8 examples, 2 per process and step: 2 steps of a global batch of 4; a checkpoint after step 1.
-BASE = dict(model="tiny-llama", benchmark="glue/sst2", seed=1, epochs=1, n_train=8, n_val=4, n_eval=4,
-            max_len=48, lr=1e-3, init_batches=2, warmup_ratio=0.0)
+BASE = TWO_PROCESS_BASE
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600
 
@@ -49,22 +49,6 @@ def as_args(cfg: dict) -> list[str]:
     return out
 
 
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a saved adapter (or full model) folder."""
-    from safetensors.torch import load_file
-
-    state = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(f)))
-    assert state, f"nothing saved in {folder}"
-    return state
-
-
-def assert_same_weights(a: dict, b: dict, rel: float = 1e-4) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        diff = (a[k].double() - b[k].double()).norm()
-        assert diff <= rel * b[k].double().norm() + 1e-7, f"{k}: |a - b| = {diff:.3g} of |b| = {b[k].norm():.3g}"
 
 
 def trained(a: dict, start: dict) -> bool:
@@ -137,7 +121,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(launched, metho
     assert rec["epochs"][0]["val_loss"] == pytest.approx(ref["epochs"][0]["val_loss"], rel=1e-5)
     assert rec["scores"] == ref["scores"]
     assert not (two / "checkpoint").exists() and not (two / ".checkpoint-partial").exists()
-    assert_same_weights(weights(two / "adapter"), weights(one / "adapter"))
+    assert_same_weights(saved_weights(two / "adapter"), saved_weights(one / "adapter"))
 
 
 def test_saved_adapter_loads_back_and_scores_the_same(launched):
@@ -148,7 +132,7 @@ def test_saved_adapter_loads_back_and_scores_the_same(launched):
     rec = read_record(launched / "fsdp" / "hybrid" / "record.json")
     cfg = validate(RunConfig.from_dict({**BASE, "method": "hybrid"}))
     loaded = models.load("tiny-llama", task=cfg.task, seed=cfg.seed)
-    before = weights(launched / "fsdp" / "hybrid" / "adapter")
+    before = saved_weights(launched / "fsdp" / "hybrid" / "adapter")
     adapted = methods.load(loaded.model, launched / "fsdp" / "hybrid" / "adapter")
     assert_same_weights({k: v for k, v in adapted.adapter_state().items() if k in before}, before, rel=0)
     bench = benchmarks.get(cfg.benchmark)
@@ -166,7 +150,7 @@ def test_uneven_last_batch_completes_with_the_weights_of_one_process(launched):
     for a, b in zip(rec["steps"], ref["steps"], strict=True):  # the stand-in row adds nothing
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-    assert_same_weights(weights(launched / "uneven" / "adapter"), weights(launched / "one" / "uneven" / "adapter"))
+    assert_same_weights(saved_weights(launched / "uneven" / "adapter"), saved_weights(launched / "one" / "uneven" / "adapter"))
 
 
 def test_nan_on_one_process_stops_both_and_records_diverged(launched):
@@ -260,7 +244,7 @@ def test_fsdp_killed_after_a_mid_epoch_checkpoint_resumes_to_the_uninterrupted_r
     assert rec["resumed_from_step"] == 1 and rec["resumed_from_epoch"] == 0
     assert rec["steps"] == whole["steps"] and rec["hybrid_lambda"] == whole["hybrid_lambda"]
     assert rec["scores"] == whole["scores"]
-    assert_same_weights(weights(tmp_path / "adapter"), weights(launched / "fsdp" / "hybrid" / "adapter"), rel=1e-6)
+    assert_same_weights(saved_weights(tmp_path / "adapter"), saved_weights(launched / "fsdp" / "hybrid" / "adapter"), rel=1e-6)
 
 
 # Every adapter method on a 4-bit NF4 base (full fine-tuning refuses one), QLoRA-style FSDP.
@@ -293,7 +277,7 @@ def test_fsdp_on_a_4bit_base_trains_like_one_process(tmp_path):
         moved, ref_moved = rec["epochs"][0]["weight_change"], ref["epochs"][0]["weight_change"]
         assert moved.keys() == ref_moved.keys() and all(v > 0 for v in ref_moved.values()), m
         assert moved == pytest.approx(ref_moved, rel=1e-3), m
-        assert_same_weights(weights(tmp_path / "fsdp" / m / "adapter"), weights(tmp_path / "one" / m / "adapter"))
+        assert_same_weights(saved_weights(tmp_path / "fsdp" / m / "adapter"), saved_weights(tmp_path / "one" / m / "adapter"))
 
 
 def test_a_failure_on_another_process_reaches_stderr(tmp_path, capsys, monkeypatch):
