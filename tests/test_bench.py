@@ -37,7 +37,11 @@ def test_json_keeps_every_round_with_intervals_and_trainable_counts(tmp_path):
         times = [r["step_seconds"] for r in row["rounds"]]
         assert row["step_seconds"]["n"] == 2 and row["step_seconds"]["mean"] == pytest.approx(sum(times) / 2)
         assert row["step_seconds"]["half_width"] > 0 and row["peak_memory_bytes"]["mean"] > 0
-        assert row["memory_kind"] == "cpu_live_rss_above_baseline"
+        assert row["memory_kind"] == "cpu_tensor_bytes_allocated"
+    # tensor bytes are counted, not sampled: the same figure in both rounds
+    for row in rows.values():
+        mem = [r["peak_memory_bytes"] for r in row["rounds"]]
+        assert mem[0] == mem[1] and all(r["rss_live_bytes"] > 0 for r in row["rounds"])
     # each row against itself: a ratio of exactly 1 in every round
     assert rows["frozen"]["step_ratio"]["floor"] == {"mean": 1.0, "half_width": 0.0, "n": 2}
     assert rows["peft_oft"]["step_ratio"]["oft"]["mean"] == 1.0

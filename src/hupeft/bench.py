@@ -13,12 +13,15 @@ does not pay some seconds of imports. Step time is the median of `--steps` timed
 `--warmup` untimed ones (forward, backward, the method's hooks and the optimiser step).
 Initialisation that happens once (LoRA-GA's gradient estimate) is not timed.
 
-Peak memory on GPU is torch.cuda.max_memory_allocated. On CPU there is no such counter, so after
-the timed steps the same process tells glibc to return every block above 64 KiB to the OS and
-repeats one step: its resident set then follows the live tensors, as CUDA's "allocated" figure
-does, rather than also counting the free blocks malloc keeps (that figure, as CUDA's "reserved"
-would, is in the JSON as `rss_with_cached_bytes`). Both are the peak resident set sampled during
-the steps minus the resident set before the model was loaded (see hupeft.memory).
+Peak memory on GPU is torch.cuda.max_memory_allocated. On CPU the allocator keeps no such
+counter, so after the timed steps the same process repeats one step under torch's profiler and
+counts tensor bytes exactly: those alive at the start plus the highest net allocation the
+allocator reports during the step (hupeft.memory.TensorPeak). That figure is the same in every
+round, so memory ratios carry no noise. The JSON also keeps two resident-set figures, sampled
+during the steps, above the resident set before the model was loaded: `rss_live_bytes` (one more
+step, after glibc is told to return every block above 64 KiB to the OS, so it follows the live
+tensors plus what torch and its libraries hold besides) and `rss_with_cached_bytes` (the timed
+steps, with the free blocks malloc keeps, as CUDA's "reserved" would).
 
 Rows (butterfly and OFT blocks are 8 wide in every row):
   full, lora, loraga, boft (m=3), boft_m1, urnn, hybrid   hupeft's methods (lora is PEFT's LoRA)
