@@ -13,6 +13,8 @@ from torch import nn
 from conftest import cls_batch, lm_batch, make_tiny
 from hupeft import methods
 from hupeft.methods import MethodError
+from hupeft.methods.urnn import unitary as unitary_module
+from hupeft.methods.urnn.layer import URNNLinear
 from hupeft.methods.urnn.unitary import BlockUnitary, StructuredUnitary, manifold_step
 
 D, LAYERS, TARGETS = 64, 2, 2  # tiny-llama: width 64, 2 layers, q_proj and v_proj (64 x 64)
@@ -158,7 +160,9 @@ def test_default_is_algorithm_1_with_one_u_over_the_width():
 
 @pytest.mark.parametrize("variant", ["structured", "full"])
 def test_stays_unitary_and_keeps_norms_after_100_large_steps(variant):
-    adapted = methods.apply(make_tiny(), "urnn", variant=variant, block_size=8 if variant == "full" else None)
+    # A tolerance below the default, so that 8 x 8 blocks drift past it and are re-projected.
+    adapted = methods.apply(make_tiny(), "urnn", variant=variant, block_size=8 if variant == "full" else None,
+                            renorm_tol=1e-7)
     hammer(adapted)
     x = torch.randn(32, D, generator=torch.Generator().manual_seed(0))
     for layer in adapted.adapter_layers().values():
@@ -258,6 +262,58 @@ def test_movement_reports_how_far_u_moved():
     # |U - I|_F over the real form is sqrt(2) |U - I|_F over the complex one; divided by sqrt(D).
     total = math.sqrt(sum((v * math.sqrt(D)) ** 2 / 2 for v in got.values()))
     assert total == pytest.approx(moved, rel=1e-3)
+
+
+@pytest.mark.parametrize("norm", [1e-3, 0.05, 0.5, 3.0])
+def test_exp_times_matches_the_exponential_in_double(norm):
+    # Short Taylor series below a norm of 1, scaling and squaring above: both to fp32's precision.
+    g = torch.Generator().manual_seed(1)
+    m = torch.complex(torch.randn(3, 16, 16, generator=g), torch.randn(3, 16, 16, generator=g))
+    a = m - m.mH
+    a = a * (norm / a.abs().sum(-2).amax())
+    # one block whose spectral norm is its 1-norm (the bound the series' degree is chosen by)
+    a[0] = torch.diag(torch.tensor([1j, -1j] * 8, dtype=torch.complex64) * norm)
+    u = random_unitary((3, 16, 16), g)
+    want = torch.linalg.matrix_exp(a.to(torch.complex128)) @ u.to(torch.complex128)
+    got = unitary_module.exp_times(a, u)
+    assert got.dtype == torch.complex64
+    assert (got.to(torch.complex128) - want).abs().max().item() <= 5e-7
+
+
+def test_drift_is_checked_every_renorm_every_steps(monkeypatch):
+    calls = []
+    real = unitary_module.unitarity_error
+    monkeypatch.setattr(unitary_module, "unitarity_error", lambda u: calls.append(1) or real(u))
+    adapted = methods.apply(make_tiny(), "urnn", block_size=8, renorm_every=10)
+    hammer(adapted, steps=25, lr=1e-3)
+    layers = len(adapted.adapter_layers())
+    assert len(calls) == 3 * layers  # steps 0, 10 and 20 of each layer's U
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_folding_u_into_a_narrow_weight_gives_the_same_outputs_and_gradients(side):
+    # 16 -> 4 on the input side (4 -> 16 on the output side) over 64 tokens: folding U into W0
+    # costs less than applying it to the activations, so forward takes the folded path.
+    g = torch.Generator().manual_seed(2)
+    base = torch.nn.Linear(16, 4) if side == "input" else torch.nn.Linear(4, 16)
+    base.requires_grad_(False)
+    layer = URNNLinear(base, "full", 8, 0, side)
+    with torch.no_grad():
+        layer.unitary.u.copy_(torch.view_as_real(random_unitary((1, 8, 8), g)))
+    x = torch.randn(4, 16, base.in_features, generator=g)
+    assert layer._fold_pays(x)
+    got = layer(x)
+    (got * torch.arange(got.numel()).reshape(got.shape)).sum().backward()
+    grad, layer.unitary.u.grad = layer.unitary.u.grad, None
+    if side == "input":
+        want = layer.base(layer.rotate(x))
+    else:
+        h = layer.base(x) - layer.base.bias
+        want = layer.rotate(h) + layer.base.bias
+    (want * torch.arange(want.numel()).reshape(want.shape)).sum().backward()
+    assert (got - want).abs().max().item() <= 1e-5
+    assert torch.allclose(grad, layer.unitary.u.grad, rtol=1e-4, atol=1e-4)
+    assert not layer._fold_pays(x[:1, :1])  # one token: applying U to it is cheaper
 
 
 def test_drift_is_reprojected_to_the_nearest_unitary_and_counted():

@@ -36,7 +36,8 @@ class URNNAdapted(Adapted):
         ids = {id(u) for u in us}
         rest = [p for p in self.trainable_parameters().values() if id(p) not in ids]
         groups = [{"params": us, "lr": self.options.manifold_lr or lr, "weight_decay": 0.0, "unitary": True,
-                   "manifold_step": self.options.manifold_step, "renorm_tol": self.options.renorm_tol}]
+                   "manifold_step": self.options.manifold_step, "renorm_tol": self.options.renorm_tol,
+                   "renorm_every": self.options.renorm_every}]
         if rest:  # a classification head
             groups.append({"params": rest})
         self._optimizer = UnitaryAdamW(groups, lr=lr, weight_decay=weight_decay)

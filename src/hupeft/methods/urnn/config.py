@@ -30,9 +30,15 @@ class URNNOptions(MethodOptions):
     manifold_lr: float | None = None
     """Peak eta of the manifold step; None: the run's learning rate. The run's schedule (warm-up,
     decay) scales it either way."""
-    renorm_tol: float = 1e-6
+    renorm_tol: float = 1e-5
     """Re-project U to the nearest unitary when max |U^H U - I| exceeds this (Algorithm 1's
-    "re-normalise on drift")."""
+    "re-normalise on drift"). fp32 rounds one product of n x n unitaries by about sqrt(n) 2^-24
+    (1e-6 at n = 288), so a tolerance at that level would re-project at almost every step; at
+    1e-5 drift accumulates for some hundred steps first."""
+    renorm_every: int = 10
+    """Check the drift every this many manifold steps (the check is a Gram matrix in double
+    precision, as costly as the step itself). Drift grows by about sqrt(n) 2^-24 per step, so it
+    overshoots renorm_tol by at most about that much times this between checks."""
     side: str = "input"
     """"input": y = W0 (U x) + b, as the paper places the unitary; "output": y = U (W0 x) + b."""
     recompute: bool = True
@@ -51,6 +57,6 @@ class URNNOptions(MethodOptions):
         if self.manifold_step not in MANIFOLD_STEPS:
             raise MethodError(f"urnn manifold_step must be one of {MANIFOLD_STEPS}, not {self.manifold_step!r}")
         if (self.block_size is not None and self.block_size <= 0) or self.renorm_tol <= 0 \
-                or (self.manifold_lr is not None and self.manifold_lr <= 0):
-            raise MethodError("urnn block_size, manifold_lr and renorm_tol must be > 0 (block_size and "
-                              "manifold_lr may be None); pass positive values")
+                or (self.manifold_lr is not None and self.manifold_lr <= 0) or self.renorm_every < 1:
+            raise MethodError("urnn block_size, manifold_lr, renorm_tol and renorm_every must be > 0 (block_size "
+                              "and manifold_lr may be None); pass positive values")

@@ -80,7 +80,32 @@ class URNNLinear(AdapterLayer):
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
         return to_real(self._unitary_map(to_complex(x)), x)
 
+    def _fold_pays(self, x: torch.Tensor) -> bool:
+        """Whether multiplying the full variant's one U into W0 this step costs fewer multiply-adds
+        than applying it to the activations. For U on width d, the other width e and T tokens:
+        on activations, U x, its input gradient and its own gradient are 3 T d^2; folded, W0 U,
+        the folded weight's gradient and U's gradient from it are e d (2 d + T), while the base's
+        own matmul is replaced. So a layer narrower than its input (v_proj under grouped-query
+        attention: e = d / 3) folds, a square one at a few hundred tokens does not."""
+        u = self.unitary
+        if not isinstance(u, BlockUnitary) or u.blocks != 1 or type(self.base) is not nn.Linear \
+                or self.base.weight.dtype not in FOLDABLE or not torch.is_grad_enabled():
+            return False
+        d = self.width
+        e = self.base.out_features if self.side == "input" else self.base.in_features
+        tokens = x.numel() // x.shape[-1]
+        return e * (2 * d + tokens) < 3 * tokens * d
+
+    def _folded_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = (W0 Q) x + b on the input side, (Q W0) x + b on the output side (Q: U's real form)."""
+        q = self.unitary.real_blocks()[0]
+        w = self.base.weight
+        w = w @ q if self.side == "input" else q @ w
+        return torch.nn.functional.linear(x, w, self.base.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fold_pays(x):
+            return self._folded_forward(x)
         if self.side == "input":
             return self.base(self.rotate(x))
         # U acts on W0 x, not on the bias (merging gives U W0 with the bias unchanged). The base

@@ -28,7 +28,8 @@ MANIFOLD_STEPS = ("adam", "sgd")
 
 class UnitaryAdamW(torch.optim.AdamW):
     """AdamW; a parameter group with `unitary=True` holds (blocks, b, b, 2) real views of complex
-    unitary blocks and takes the manifold step (`manifold_step`: "adam" or "sgd", `renorm_tol`)."""
+    unitary blocks and takes the manifold step (`manifold_step`: "adam" or "sgd", `renorm_tol`,
+    `renorm_every`: the drift is checked on the first step and every that many after)."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -45,7 +46,7 @@ class UnitaryAdamW(torch.optim.AdamW):
         state = self.state[p]
         if "u_step" not in state:
             state.update(u_step=0, u_exp_avg=torch.zeros_like(p), u_exp_avg_sq=torch.zeros_like(p),
-                         renormalisations=0)
+                         renormalisations=0, manifold_steps=0)
         # Under FSDP, p, its gradient and the moments are DTensors sharded over whole blocks (dim 0):
         # each process steps its own blocks (the step is blockwise) on the local parts.
         grad, lr = _local(p.grad).float(), group["lr"]
@@ -65,7 +66,10 @@ class UnitaryAdamW(torch.optim.AdamW):
         if here.numel() == 0:  # this process holds none of the blocks
             return
         u = torch.view_as_complex(here)
-        new, reprojected = manifold_step(u, torch.view_as_complex(direction.contiguous()), eta, group["renorm_tol"])
+        check = state.get("manifold_steps", 0) % group.get("renorm_every", 1) == 0
+        state["manifold_steps"] = state.get("manifold_steps", 0) + 1
+        new, reprojected = manifold_step(u, torch.view_as_complex(direction.contiguous()), eta, group["renorm_tol"],
+                                         check=check)
         here.copy_(torch.view_as_real(new))
         state["renormalisations"] += int(reprojected)
 
