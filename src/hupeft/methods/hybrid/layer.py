@@ -104,3 +104,27 @@ class HybridLinear(LoraGALinear):
 
     def orthogonality_error(self) -> float:
         return self.rotation.orthogonality_error()
+
+
+def boft_step_norms(layers: list[HybridLinear]) -> list[torch.Tensor]:
+    """`boft_step_norm` of each layer (all with gradients), layers whose rotations have one shape
+    in one forward-mode pass vectorised over them (torch.func.vmap): the same numbers as one
+    layer at a time, in about half the time for the 60 layers of a small model, since each
+    layer's s x s blocks are too small to keep the CPU busy on their own."""
+    from torch.func import jvp, vmap
+
+    groups: dict[tuple, list[int]] = {}
+    for i, layer in enumerate(layers):
+        r = layer.rotation
+        groups.setdefault((r.dim, r.block_size, r.n_factors, r.theta.dtype, r.theta.device), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(layers)
+    for index in groups.values():
+        rot = layers[index[0]].rotation  # same shape, same permutations: one function for the group
+        thetas = torch.stack([layers[i].rotation.theta.detach() for i in index])
+        tangents = torch.stack([layers[i].rotation.theta.grad.detach().to(thetas.dtype) for i in index])
+        d_blocks = vmap(lambda th, t: jvp(rot.group_blocks, (th,), (t,))[1])(thetas, tangents).float()
+        gram = torch.stack([layers[i]._group_gram() for i in index])
+        sq = (torch.matmul(gram, d_blocks) * d_blocks).sum((1, 2, 3)).clamp_min(0).sqrt()
+        for j, i in enumerate(index):
+            out[i] = sq[j]
+    return out

@@ -9,7 +9,7 @@ import torch
 
 from ..base import Adapted
 from .config import HybridOptions
-from .layer import HybridLinear
+from .layer import HybridLinear, boft_step_norms
 
 EPS = 1e-12
 # |grad_Q L|_F of the skew matrix Q is sqrt(2) |grad_theta L| for theta its strict upper triangle:
@@ -44,14 +44,16 @@ def _norm(params) -> torch.Tensor:
     return torch.stack(sq).sum().sqrt() if sq else torch.zeros(())
 
 
-def measure(layer: HybridLinear, rule: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def measure(layer: HybridLinear, rule: str, boft_step_norm: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(g_LoRA, g_BOFT) as the rule reads them, then the raw gradient norms |grad_{A,B}|, |grad_Q|.
 
     "paper"/"normalized": the raw norms. "slope": |grad|^2 / (w |J grad|) per branch, J the map
     from the branch's parameters to its unmixed delta weight and w its weight in the mix: the
     autograd gradient is w J^T G (G = dL/dW), so this is |J^T G|^2 / |J J^T G|, the loss's rate of
     decrease per unit of weight change along the branch's own gradient step. Scaling a branch's
-    parameters, its output (alpha, gamma) or its weight leaves it unchanged."""
+    parameters, its output (alpha, gamma) or its weight leaves it unchanged. `boft_step_norm`:
+    the layer's `boft_step_norm()` where the caller has it already (`boft_step_norms`)."""
     g_lora = _norm(layer.lora_parameters())
     g_boft = SKEW * _norm(layer.boft_parameters())
     if rule != "slope":
@@ -62,7 +64,8 @@ def measure(layer: HybridLinear, rule: str) -> tuple[torch.Tensor, torch.Tensor,
     lam = float(layer.lam)
     theta_sq = layer.rotation.theta.grad.float().pow(2).sum()
     slope_l = g_lora.pow(2) / (max(lam, EPS) * layer.lora_step_norm()).clamp_min(EPS)
-    slope_b = theta_sq / (max(1.0 - lam, EPS) * layer.boft_step_norm()).clamp_min(EPS)
+    step_b = layer.boft_step_norm() if boft_step_norm is None else boft_step_norm
+    slope_b = theta_sq / (max(1.0 - lam, EPS) * step_b).clamp_min(EPS)
     return slope_l, slope_b, g_lora, g_boft
 
 
@@ -100,9 +103,7 @@ class HybridAdapted(Adapted):
         if _sharded(layers):
             rows = self._measure_sharded(layers, rule)
         else:
-            # Every number in one tensor, read back in one transfer rather than one sync per layer;
-            # a device map may spread layers over several GPUs, so each row goes to the CPU first.
-            rows = torch.stack([torch.stack([v.float().cpu() for v in measure(l, rule)]) for l in layers.values()])
+            rows = self._measure_local(layers, rule)
         for (name, layer), (g_l, g_b, _, _) in zip(layers.items(), rows.tolist()):
             lam = next_lambda(float(layer.lam), g_l, g_b, self.options)
             # Log the value the buffer holds (rounded to its dtype), so the history, diagnostics()
@@ -112,6 +113,18 @@ class HybridAdapted(Adapted):
             self.lambda_history.setdefault(name, []).append(lam)
         total = rows[:, 2:].pow(2).sum(0).sqrt().tolist()
         self._norms = {"grad_norm_lora": total[0], "grad_norm_boft": total[1]}
+
+    @staticmethod
+    def _measure_local(layers: dict[str, HybridLinear], rule: str) -> torch.Tensor:
+        """`measure` of every layer, the slope rule's forward-mode pass batched over layers."""
+        steps: dict[str, torch.Tensor] = {}
+        if rule == "slope":
+            ready = [n for n, l in layers.items() if l.lora_A.grad is not None and l.rotation.theta.grad is not None]
+            steps = dict(zip(ready, boft_step_norms([layers[n] for n in ready])))
+        # Every number in one tensor, read back in one transfer rather than one sync per layer;
+        # a device map may spread layers over several GPUs, so each row goes to the CPU first.
+        return torch.stack([torch.stack([v.float().cpu() for v in measure(l, rule, steps.get(n))])
+                            for n, l in layers.items()])
 
     def _measure_sharded(self, layers: dict[str, HybridLinear], rule: str) -> torch.Tensor:
         """`measure` of every layer when FSDP shards parameters and gradients: the same numbers on
