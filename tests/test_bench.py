@@ -110,11 +110,13 @@ def test_quick_mode_names_the_target_rows_and_a_short_schedule(monkeypatch, caps
     assert {"lora", "peft_lora", "boft", "boft_m1", "peft_oft", "hybrid", "frozen"} <= set(seen["rows"])
     assert bench.cli_main(["--quick", "--rounds", "7"]) == 0 and seen["rounds"] == 7
     assert bench.cli_main([]) == 0 and seen["memory_rounds"] is None and seen["steps"] == 4
+    assert bench.cli_main(["--rounds", "6", "--memory-rounds", "2"]) == 0 and seen["memory_rounds"] == 2
 
 
 @pytest.mark.parametrize("args,message", [
     (["--methods", "lora,dora"], "unknown method row(s) ['dora']"),
     (["--rounds", "0"], "must be > 0"),
+    (["--rounds", "3", "--memory-rounds", "4"], "--memory-rounds must be between 1 and --rounds (3)"),
     (["--widths", "256"], "add --scale"),
     (["--row-budget", "5"], "add --scale"),
     (["--scale", "--row-budget", "0"], "--row-budget must be > 0"),

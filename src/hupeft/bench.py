@@ -291,6 +291,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="the rows the speed targets name, 3 rounds of 1 warm-up and 1 timed step, peak memory "
                         "in the first round (about 5 minutes on a quiet 2-core CPU)")
+    p.add_argument("--memory-rounds", type=int, default=None,
+                   help="measure peak memory in the first N rounds only (default: every round; --quick: 1); "
+                        "counted tensor bytes are the same in every round, so 1 or 2 suffice")
     p.add_argument("--seed", type=int, default=0, help="seed of the rounds' orders (default: 0)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default); bf16-mixed: fp32 weights under bf16 autocast, as `hupeft run` "
@@ -324,6 +327,8 @@ def cli_main(argv: list[str]) -> int:
         error = f"unknown method row(s) {bad}; choose from {','.join(ROWS)}"
     elif min(args.batch, args.seq_len, steps, rounds) <= 0 or warmup < 0:
         error = "--batch, --seq-len, --steps and --rounds must be > 0 and --warmup >= 0"
+    elif args.memory_rounds is not None and not 1 <= args.memory_rounds <= rounds:
+        error = f"--memory-rounds must be between 1 and --rounds ({rounds})"
     elif args.threads is not None and args.threads <= 0:
         error = "--threads must be > 0; leave it out for torch's default"
     elif args.json_path and not Path(args.json_path).resolve().parent.is_dir():
@@ -354,7 +359,8 @@ def cli_main(argv: list[str]) -> int:
             atomic_write_text(Path(args.json_path), json.dumps({**result, **header}, indent=2))
 
     result = run(args.model, rows, targets, args.batch, args.seq_len, warmup, steps, args.threads, args.precision,
-                 rounds, args.seed, save=save, memory_rounds=QUICK["memory_rounds"] if args.quick else None)
+                 rounds, args.seed, save=save,
+                 memory_rounds=args.memory_rounds or (QUICK["memory_rounds"] if args.quick else None))
     print(table(result))
     print(targets_table(result))
     return 1 if any("error" in r for r in result["methods"].values()) else 0
