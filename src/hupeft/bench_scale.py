@@ -8,7 +8,7 @@ over rounds, figures with 95% intervals.
 
 `--row-budget S`: a row whose step took more than S seconds at a point is not measured at the
 points at least as wide and as long (its line in the plot ends there, and the JSON says why). PEFT's BOFT
-(dense d x d products) and the uRNN (a d x d matrix exponential) grow fastest; at d = 4096 on one
+(dense d x d products) and the uRNN (d x d products in its manifold step) grow fastest; at d = 4096 on one
 CPU thread each of their steps takes minutes, and the sweep would otherwise take hours.
 """
 

@@ -15,6 +15,8 @@ from .report import METHOD_LABEL
 
 SCALE_JSON = Path(__file__).resolve().parents[2] / "data" / "bench" / "scale.json"
 MODEL_JSON = SCALE_JSON.with_name("smollm2.json")
+PAIRS_JSON = SCALE_JSON.with_name("smollm2-pairs.json")  # the closest comparisons, more rounds
+IDENTICAL_JSON = SCALE_JSON.with_name("smollm2-identical.json")  # PEFT's LoRA against itself, 40 rounds
 LABEL = {**METHOD_LABEL, "frozen": "frozen (floor)", "boft_m1": "BOFT m=1", "peft_lora": "PEFT LoRA",
          "peft_loraga": "PEFT LoRA-GA", "peft_oft": "PEFT OFT", "peft_oft_exact": "PEFT OFT (exact Cayley)",
          "peft_boft_m1": "PEFT BOFT m=1"}
@@ -151,6 +153,22 @@ def model_frame(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# What each bench JSON's `memory_kind` measured, in words for the page.
+MEMORY_KINDS = {
+    "cpu_tensor_bytes_allocated": "tensor bytes, counted exactly as CUDA's max_memory_allocated counts them "
+                                  "(alive at the step's start plus the highest net allocation during it), so "
+                                  "the same in every round",
+    "cpu_live_rss_above_baseline": "the process's resident set above its baseline, sampled, once malloc returns "
+                                   "freed blocks (a few percent of noise between rounds)",
+    "cuda_max_allocated": "torch.cuda.max_memory_allocated",
+}
+
+
+def _memory_kind(result: dict) -> str:
+    kinds = {r.get("memory_kind") for r in result.get("methods", {}).values()} - {None, "not measured"}
+    return ", ".join(sorted(kinds)) or "not measured"
+
+
 def show_model_bench(path: str | Path = MODEL_JSON) -> None:
     """The SmolLM2 bench against PEFT's layers, and the speed and memory targets it meets or not."""
     from IPython.display import Markdown, display
@@ -171,7 +189,8 @@ def show_model_bench(path: str | Path = MODEL_JSON) -> None:
         f"adapters on {', '.join(result['targets'])}; {result.get('rounds_done', result['rounds'])} interleaved "
         f"rounds, each a median of {result['steps']} steps after {result['warmup']} warm-up; "
         f"{result['interval']}. `lora` and `peft_lora` run the same code (PEFT's LoRA): how far apart they "
-        "come out is the bench's own noise."))
+        "come out is the bench's own noise. Peak memory: "
+        + MEMORY_KINDS.get(_memory_kind(result), f"`{_memory_kind(result)}`") + "."))
     _html(model_frame(result))
     targets = pd.DataFrame([{"target": t["target"], "measured": fmt(t), "bound": t["bound"], "verdict": t["verdict"]}
                             for t in check_targets(result)])

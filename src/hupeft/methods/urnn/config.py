@@ -20,7 +20,7 @@ class URNNOptions(MethodOptions):
     width). None (the default): one U over the whole width, as the paper describes. Memory per
     layer: d * b real parameters (d^2 / 2 for one U, the size of half the layer's weight when
     it is square), twice that again for Adam's moments; time per token: d * b real
-    multiply-adds, plus one b x b matrix exponential per block per step. One U is affordable for
+    multiply-adds, plus one b x b exponential step per block per step. One U is affordable for
     the models trained here (SmolLM2-135M: d = 576, 166k parameters per layer); at d = 4096 it is
     8.4M per layer, where a block size such as 64 (262k) is the practical choice."""
     manifold_step: str = "adam"
