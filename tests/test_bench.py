@@ -248,6 +248,10 @@ def test_targets_are_met_missed_or_unresolved_by_their_intervals():
                    ("hybrid", "step x lora"): "unresolved",      # 1.05..1.25 across 1.2
                    ("boft", "memory x lora"): "missed (one round)",
                    ("hybrid", "memory x lora"): "met (one round)"}
+    # on one layer only the comparisons of two adapters' layers are judged
+    layer = {**result, "model": "linear-576"}
+    assert {(t["row"], t["ratio"]) for t in bench.check_targets(layer)} == {("boft_m1", "step x oft"),
+                                                                            ("boft", "step x oft")}
     frame = scale_report.model_frame(result)
     assert list(frame["method"]) == ["PEFT LoRA", "BOFT m=1", "BOFT", "Hybrid"]
     assert frame.loc[0, "x LoRA"] == "1.01±0.01"

@@ -17,6 +17,7 @@ SCALE_JSON = Path(__file__).resolve().parents[2] / "data" / "bench" / "scale.jso
 MODEL_JSON = SCALE_JSON.with_name("smollm2.json")
 PAIRS_JSON = SCALE_JSON.with_name("smollm2-pairs.json")  # the closest comparisons, more rounds
 IDENTICAL_JSON = SCALE_JSON.with_name("smollm2-identical.json")  # PEFT's LoRA against itself, 40 rounds
+LAYER_JSON = SCALE_JSON.with_name("layer576.json")  # the butterfly against PEFT's OFT on one 576 x 576 layer
 LABEL = {**METHOD_LABEL, "frozen": "frozen (floor)", "boft_m1": "BOFT m=1", "peft_lora": "PEFT LoRA",
          "peft_loraga": "PEFT LoRA-GA", "peft_oft": "PEFT OFT", "peft_oft_exact": "PEFT OFT (exact Cayley)",
          "peft_boft_m1": "PEFT BOFT m=1"}
