@@ -189,8 +189,10 @@ def show_model_bench(path: str | Path = MODEL_JSON) -> None:
         + f"), {prov.get('created_utc', '?')} UTC: {result['model']}, batch {result['batch']} x {result['seq_len']}, "
         f"adapters on {', '.join(result['targets'])}; {result.get('rounds_done', result['rounds'])} interleaved "
         f"rounds, each a median of {result['steps']} steps after {result['warmup']} warm-up; "
-        f"{result['interval']}. `lora` and `peft_lora` run the same code (PEFT's LoRA): how far apart they "
-        "come out is the bench's own noise. Peak memory: "
+        f"{result['interval']}. "
+        + ("`lora` and `peft_lora` run the same code (PEFT's LoRA): how far apart they come out is the bench's "
+           "own noise. " if {"lora", "peft_lora"} <= set(result["methods"]) else "")
+        + "Peak memory: "
         + MEMORY_KINDS.get(_memory_kind(result), f"`{_memory_kind(result)}`") + "."))
     _html(model_frame(result))
     targets = pd.DataFrame([{"target": t["target"], "measured": fmt(t), "bound": t["bound"], "verdict": t["verdict"]}
