@@ -183,6 +183,7 @@ def show_model_bench(path: str | Path = MODEL_JSON) -> None:
         return
     result = json.loads(path.read_text())
     prov = result.get("provenance", {})
+    kind = _memory_kind(result)
     display(Markdown(
         f"Measured with `{result.get('command', '?')}` on {prov.get('machine', '?')} (torch {prov.get('torch', '?')}"
         + (f"; {prov['cpus']} CPUs, load average {prov['load_average']:.1f} when it started" if "cpus" in prov else "")
@@ -193,7 +194,7 @@ def show_model_bench(path: str | Path = MODEL_JSON) -> None:
         + ("`lora` and `peft_lora` run the same code (PEFT's LoRA): how far apart they come out is the bench's "
            "own noise. " if {"lora", "peft_lora"} <= set(result["methods"]) else "")
         + "Peak memory: "
-        + MEMORY_KINDS.get(_memory_kind(result), f"`{_memory_kind(result)}`") + "."))
+        + MEMORY_KINDS.get(kind, f"`{kind}`") + "."))
     _html(model_frame(result))
     targets = pd.DataFrame([{"target": t["target"], "measured": fmt(t), "bound": t["bound"], "verdict": t["verdict"]}
                             for t in check_targets(result)])

@@ -66,8 +66,9 @@ class UnitaryAdamW(torch.optim.AdamW):
         if here.numel() == 0:  # this process holds none of the blocks
             return
         u = torch.view_as_complex(here)
-        check = state.get("manifold_steps", 0) % group.get("renorm_every", 1) == 0
-        state["manifold_steps"] = state.get("manifold_steps", 0) + 1
+        steps = state.setdefault("manifold_steps", 0)  # absent from optimiser states saved before it
+        check = steps % group.get("renorm_every", 1) == 0
+        state["manifold_steps"] = steps + 1
         new, reprojected = manifold_step(u, torch.view_as_complex(direction.contiguous()), eta, group["renorm_tol"],
                                          check=check)
         here.copy_(torch.view_as_real(new))
