@@ -1,4 +1,4 @@
-"""`hupeft` command line: run | grid | reproduce | report | plan | bench | humaneval.
+"""`hupeft` command line: run | grid | sweep | reproduce | report | plan | bench | humaneval.
 
 Each subcommand lives in the module that owns the work; this file only dispatches, so
 `hupeft --help` stays fast (no torch import until a subcommand needs it).
@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     # name: (module, function taking argv and returning an exit code, one-line help)
     "run": ("hupeft.experiment", "cli_main", "train and score one model x method x benchmark x seed"),
     "grid": ("hupeft.grid", "cli_main", "expand a preset and execute every cell with papermill"),
+    "sweep": ("hupeft.sweep", "cli_main", "choose each method's learning rate on held-out rows (a preset's sweep)"),
     "reproduce": ("hupeft.grid", "reproduce_main", "grid, then report, then build the book"),
     "report": ("hupeft.report", "cli_main", "turn records into the book's tables and figures"),
     "plan": ("hupeft.plan", "cli_main", "memory per GPU, GPUs, nodes and time of every cell of a preset"),

@@ -9,6 +9,9 @@ from typing import Any
 
 
 
+SCORE_ON = ("eval", "holdout")
+
+
 class ConfigError(ValueError):
     """Bad run input; the message is one line and names the fix."""
 
@@ -18,7 +21,8 @@ class RunConfig:
     model: str = "tiny-llama"
     """Model name: smollm2-135m, minilm-l6, tiny-llama, tiny-bert, a hub id or a local folder."""
     method: str = "lora"
-    """full, lora, loraga, boft, urnn or hybrid."""
+    """full, lora, loraga, boft, urnn or hybrid (and their variants), or zero-shot (the base model
+    untrained, scored as the others: the floor)."""
     benchmark: str = "glue/sst2"
     """A registered benchmark (hupeft.benchmarks.names())."""
     seed: int = 0
@@ -49,6 +53,14 @@ class RunConfig:
     """Held-out examples for the validation loss each epoch."""
     n_eval: int | None = 32
     """Examples scored at the end (None: the whole eval split)."""
+    score_on: str = "eval"
+    """What the run is scored on: eval (the benchmark's scored split) or holdout (the n_val
+    validation rows carved from the training rows: for choosing settings such as the learning
+    rate, never on the scored split; hupeft sweep)."""
+    train_rows: int | None = None
+    """Use only the first this many rows of the train split, in its own order, before sampling
+    (None: all). A data folder holding a prefix of the split then gives the same rows as the hub;
+    the record's train fingerprint is of these rows."""
     eval_batch_size: int = 8
     """Batch size of evaluation and generation."""
     max_new_tokens: int | None = None
@@ -299,6 +311,7 @@ def validate(cfg: RunConfig, *, here: bool = True) -> RunConfig:
     if here:
         _check_hardware(cfg)
     task = _resolve_task(cfg, bench)
+    cfg = _zero_shot_epochs(cfg)
     try:
         opts = methods.make_options(cfg.method, check_method_types(cfg.method, cfg.method_options))
     except (MethodError, TypeError) as e:
@@ -326,7 +339,12 @@ def validate_settings(cfg: RunConfig) -> RunConfig:
         methods.make_options(cfg.method, check_method_types(cfg.method, cfg.method_options))
     except (MethodError, TypeError) as e:
         raise ConfigError(str(e).splitlines()[0]) from None
-    return dataclasses.replace(cfg, task=_resolve_task(cfg, bench))
+    return dataclasses.replace(_zero_shot_epochs(cfg), task=_resolve_task(cfg, bench))
+
+
+def _zero_shot_epochs(cfg: RunConfig) -> RunConfig:
+    """Zero-shot trains nothing: whatever a preset's defaults say, it takes no epoch."""
+    return dataclasses.replace(cfg, epochs=0) if cfg.method == "zero-shot" else cfg
 
 
 def _check_ranges(cfg: RunConfig) -> None:
@@ -335,7 +353,10 @@ def _check_ranges(cfg: RunConfig) -> None:
     for name in ("batch_size", "grad_accum", "max_len", "n_val", "eval_batch_size", "init_batches"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
-    for name in ("n_train", "n_eval", "max_new_tokens", "n_samples", "temperature", "inject_nan_step",
+    if cfg.score_on not in SCORE_ON:
+        raise ConfigError(f"score_on must be one of {', '.join(SCORE_ON)}, not {cfg.score_on!r}; "
+                          "e.g. --set score_on=holdout")
+    for name in ("n_train", "n_eval", "train_rows", "max_new_tokens", "n_samples", "temperature", "inject_nan_step",
                  "checkpoint_every"):
         v = getattr(cfg, name)
         if v is not None and v <= 0:

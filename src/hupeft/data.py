@@ -60,6 +60,8 @@ def load_splits(bench, cfg) -> Splits:
     XNLI, its validation split, `bench.stratify`: balanced over labels), and the whole eval split
     is scored unless n_eval says fewer. Benchmarks without one (HumanEval, mtbench) are split by
     seed into disjoint train / eval parts, and the record says so."""
+    from .benchmarks.base import fingerprint  # hupeft.benchmarks imports this module: not at the top
+
     requested = getattr(cfg, "data", "any")
     load = lambda split: bench.load(split=split, seed=cfg.seed, data_dir=cfg.data_dir, data=requested)  # noqa: E731
     eval_split = load(bench.splits["eval"])
@@ -81,6 +83,12 @@ def load_splits(bench, cfg) -> Splits:
                              f"{kinds[bool(train_split.synthetic)]} ({train_split.source}); "
                              "provide both from one source")
         train_pool = list(train_split.examples)
+        if cfg.train_rows is not None:  # a prefix, in the split's own order: any source gives the same rows
+            if len(train_pool) < cfg.train_rows:
+                raise ValueError(f"{bench.name}: train_rows={cfg.train_rows} but {train_split.source} has only "
+                                 f"{len(train_pool)} rows; lower train_rows or use a source with the whole split")
+            train_pool = train_pool[: cfg.train_rows]
+            prints["train"] = fingerprint(train_pool)
         perm = torch.randperm(len(train_pool), generator=g).tolist()
         train_pool = [train_pool[i] for i in perm]
         n_val = min(cfg.n_val, max(1, len(train_pool) // 5))
@@ -97,6 +105,13 @@ def load_splits(bench, cfg) -> Splits:
                  else train[: cfg.n_train])
     if cfg.n_eval is not None:
         evals = evals[: cfg.n_eval]
+    if getattr(cfg, "score_on", "eval") == "holdout":  # choosing settings: never the scored split
+        evals = list(val)
+        sources["eval"] = f"holdout: the {len(val)} validation rows carved from {sources['train']}"
+        prints["eval"] = fingerprint(val)
+        description = f"{len(val)} held-out rows of the {bench.splits['train']} split (not the scored split)"
+    else:
+        description = eval_split.description
     if not train:
         raise ValueError(f"{bench.name}: no training examples left; raise n_train or provide a train split")
     if requested == "any" and synthetic and any(tried.values()):
@@ -104,7 +119,7 @@ def load_splits(bench, cfg) -> Splits:
 
         logging.getLogger("hupeft").warning("%s: no real data (%s); using generated data, as data=any allows",
                                             bench.name, "; ".join(dict.fromkeys(t for v in tried.values() for t in v)))
-    return Splits(train, val, evals, sources, synthetic, eval_split.description, eval_split.stands_in_for,
+    return Splits(train, val, evals, sources, synthetic, description, eval_split.stands_in_for,
                   prints, tried)
 
 

@@ -225,6 +225,10 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     if sharded:  # FSDP2 replaces the parameters by sharded ones: the optimiser comes after
         distributed.shard(adapted.model, strategy, accelerator.device, precision)
     params = adapted.trainable_parameters()
+    if not params:  # zero-shot: nothing to step; scored as the trained ones are
+        _score(cfg, record, out, bench, adapted.model, tok, splits, progress,
+               distributed.EvalShard(rank, world, synced=sharded or strategy == "deepspeed"))
+        return
     # The method builds it: AdamW, with the hybrid's per-branch rates or the uRNN's manifold step.
     optimizer = adapted.optimizer(cfg.lr, weight_decay=cfg.weight_decay)
     # Every process walks the same global batches (its own slice of each), so all take the same

@@ -64,11 +64,13 @@ def cell_dir(root: Path, preset: str, cfg: RunConfig) -> Path:
 
 def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=None,
            sets: list[str] = (), root: Path = Path("results"), here: bool = False,
-           lookups: bool = True) -> list[Cell]:
+           lookups: bool = True, sweeping: bool = False) -> list[Cell]:
     """Every cell of the preset, filtered by the lists given; configs validated (no weights).
     With `here` False, what only the machine that runs a cell can check (a GPU for a quantized
     base) is left to it, so a login node can expand and plan a GPU preset. With `lookups` False,
-    no model config, tokenizer or data is read either (hupeft.plan: no network, no waiting on it)."""
+    no model config, tokenizer or data is read either (hupeft.plan: no network, no waiting on it).
+    A preset with a `sweep` section (hupeft.sweep) must give each hybrid both branch rates
+    (`sweeping`: the sweep's own cells, which set them)."""
     all_models = preset["models"]
     root = Path(root).resolve()  # cells carry absolute paths: nothing depends on a working directory
     for wanted, have, what in ((models, all_models, "model"), (methods, preset["methods"], "method")):
@@ -96,6 +98,19 @@ def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=No
                                 **spec.get("settings", {}),
                                 **preset.get("method_settings", {}).get(method, {}),
                                 **spec.get("method_settings", {}).get(method, {})}
+                    swept = (preset.get("sweep") or {}).get("rates") or {}
+                    if method in swept and not sweeping and "lr" not in {
+                            **preset.get("method_settings", {}).get(method, {}),
+                            **spec.get("method_settings", {}).get(method, {})}:
+                        raise GridError(f"{method} in preset {preset['name']}: no lr under method_settings, so "
+                                        "it would run at the defaults' rate; set the one its sweep chose "
+                                        f"(hupeft sweep --preset {preset['name']})")
+                    if preset.get("sweep") and not sweeping and method.startswith("hybrid"):
+                        opts = settings.get("method_options") or {}
+                        if opts.get("lr_lora") is None or opts.get("lr_boft") is None:
+                            raise GridError(f"{method} in preset {preset['name']}: its branch rates lr_lora and "
+                                            "lr_boft are unset, so both would silently take `lr`; set them under "
+                                            "method_settings (hupeft sweep chooses them)")
                     try:
                         cfg = RunConfig.from_dict({**settings, "model": model, "method": method,
                                                    "benchmark": bench, "seed": int(seed), "preset": preset["name"]})

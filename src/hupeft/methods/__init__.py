@@ -7,6 +7,7 @@
 
 | name   | what                                                        | owner   |
 |--------|-------------------------------------------------------------|---------|
+| zero-shot | nothing trains: the base model, scored as the others (the floor) | ours |
 | full   | every parameter trains                                      | ours    |
 | lora   | y = W0 x + (alpha/r) B A x                                  | PEFT    |
 | loraga | LoRA initialised from the SVD of the estimated gradient     | ours    |
@@ -44,6 +45,7 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in [
+        MethodSpec("zero-shot", "zeroshot"),
         MethodSpec("full", "full"),
         MethodSpec("lora", "lora"),
         MethodSpec("loraga", "loraga"),
@@ -109,7 +111,7 @@ def check_fits(model: nn.Module, name: str, options: MethodOptions) -> None:
 
     Works on a model built on the meta device, so a run can refuse bad input before loading
     any weights."""
-    if name == "full":
+    if name in ("full", "zero-shot"):
         return
     from .base import find_target_linears
 
