@@ -12,7 +12,8 @@ from hupeft import methods
 from hupeft.methods import MethodError
 
 # The hybrid's lambda-rule variants are the hybrid with one option set: test_hybrid covers each rule.
-ALL = sorted(m for m in methods.METHODS if m not in ("hybrid-paper", "hybrid-normalized"))
+# zero-shot trains nothing: tests/test_study.py covers it.
+ALL = sorted(m for m in methods.METHODS if m not in ("hybrid-paper", "hybrid-normalized", "zero-shot"))
 ADAPTERS = [m for m in ALL if m != "full"]
 
 
@@ -199,3 +200,14 @@ def test_check_fits_applies_the_hybrids_shape_rule_to_its_variants():
     for name in ("hybrid", "hybrid-paper", "hybrid-normalized"):
         with pytest.raises(MethodError, match="block"):
             methods.check_fits(lin, name, methods.make_options(name, target_modules=("q_proj",)))
+
+
+def test_zero_shot_leaves_the_model_as_it_is_and_saves_nothing_to_train(tmp_path):
+    base = make_tiny()
+    batch = lm_batch()
+    adapted = adapt("zero-shot", copy.deepcopy(base))
+    assert adapted.num_trainable() == 0 and adapted.adapter_state() == {}
+    assert torch.equal(logits(adapted.model, batch), logits(base, batch))
+    adapted.save(tmp_path / "ckpt")
+    reloaded = methods.load(copy.deepcopy(base), tmp_path / "ckpt")
+    assert reloaded.method == "zero-shot" and torch.equal(logits(reloaded.model, batch), logits(base, batch))

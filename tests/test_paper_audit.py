@@ -64,8 +64,8 @@ def test_hybrid_best_on_gsm8k_fails_at_70b_only(text_claims):
     row = text_claims.loc["gsm-hybrid-best-all"]
     assert row["status"] == "contradicted" and row["table value"] == 1
     assert row["Table I"] == "Llama3.3-70B: Full FT 53.1 > Hybrid 53.0"
-    assert text_claims.loc["glue-hybrid-best-peft", "status"] == "supported"
-    assert text_claims.loc["mt-hybrid-best-all", "status"] == "supported"
+    assert text_claims.loc["glue-hybrid-best-peft", "status"] == report.CONSISTENT
+    assert text_claims.loc["mt-hybrid-best-all", "status"] == report.CONSISTENT
 
 
 def test_closing_the_gap_on_bloomz_humaneval_is_contradicted(text_claims):
@@ -75,12 +75,12 @@ def test_closing_the_gap_on_bloomz_humaneval_is_contradicted(text_claims):
 
 
 def test_values_and_differences_that_match_the_table_are_supported(text_claims):
-    assert text_claims.loc["glue-405b-hybrid", ["status", "table value"]].tolist() == ["supported", 92.3]
-    assert text_claims.loc["glue-7b-hybrid-lora", "status"] == "supported"  # 85.1 - 84.0
+    assert text_claims.loc["glue-405b-hybrid", ["status", "table value"]].tolist() == [report.CONSISTENT, 92.3]
+    assert text_claims.loc["glue-7b-hybrid-lora", "status"] == report.CONSISTENT  # 85.1 - 84.0
     # 1.5 stated; printed means give 40.5 - 39.5 = 1.0 and the runs' means 1.1.
     row = text_claims.loc["he-7b-hybrid-lora-p1"]
     assert row["status"] == "contradicted" and row["table value"] == pytest.approx(1.0)
-    assert set(text_claims["status"]) == {"supported", "contradicted"}
+    assert set(text_claims["status"]) == {report.CONSISTENT, "contradicted"}
 
 
 def test_every_claims_status_against_table1(text_claims):
@@ -89,7 +89,7 @@ def test_every_claims_status_against_table1(text_claims):
                             "he-7b-hybrid-boft-p1", "he-7b-hybrid-lora-p1", "he-7b-hybrid-closes-gap",
                             "conc-405b-he-hybrid-lora", "conc-mt-hybrid-lora-avg"}
     # 0.9 stated: the printed means give 26.7 - 25.8 = 0.9, the runs' means 0.97.
-    assert text_claims.loc["mt-30b-hybrid-lora", "status"] == "supported"
+    assert text_claims.loc["mt-30b-hybrid-lora", "status"] == report.CONSISTENT
 
 
 def test_a_difference_may_match_the_runs_means_and_an_average_is_a_mean():
@@ -97,7 +97,7 @@ def test_a_difference_may_match_the_runs_means_and_an_average_is_a_mean():
     claims = text.set_index("id").loc[["he-7b-hybrid-lora-p1", "conc-mt-hybrid-lora-avg"]].reset_index()
     claims["claimed"] = ["1.1", "0.9"]  # runs' means 40.50 - 39.40; mean of +1.1, +0.7, +0.8, +0.9
     checked = report.check_text_claims(claims, report.paper_table1())
-    assert list(checked["status"]) == ["supported", "supported"]
+    assert list(checked["status"]) == [report.CONSISTENT, report.CONSISTENT]
 
 
 def test_405b_in_30_gb_cannot_hold_its_4_bit_weights():
@@ -178,7 +178,7 @@ def test_claims_page_executes_from_records_and_shows_every_status(glue_runs, tmp
                              {"preset": root.name, "results": str(root.parent)}, cwd=tmp_path)
     assert error == ""
     text = out.read_text()
-    for needle in ("contradicted", "supported", report.NOT_CHECKABLE, "202.9 GB",
+    for needle in ("contradicted", "consistent with the", "our runs", report.NOT_CHECKABLE, "202.9 GB",
                    "Llama3.3-70B: Full FT 53.1 &gt; Hybrid 53.0", "2.00x"):
         assert needle in text, needle
     for bad in (">None<", ">nan<", ">NaN<"):
@@ -191,10 +191,13 @@ def test_audit_tables_mark_the_disagreeing_means(audit, monkeypatch):
     monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(getattr(obj, "data", str(obj))))
     pages.show_paper_audit(audit)
     assert "**8** differ" in said[0] and "Of its 108 printed means" in said[0]
-    tables = [x for x in shown if "<table" in str(x)]
-    assert len(tables) == 5  # glue, gsm8k, mtbench, humaneval pass@1 and pass@10
-    assert "\n".join(tables).count("<td>≠</td>") == 8
-    assert "<td>-0.00</td>" not in "\n".join(tables)
-    assert "<td>27.7</td>" in tables[2] and "<td>27.57</td>" in tables[2] and "<td>+0.13</td>" in tables[2]
-    assert pd.Series(said).str.contains("Llama3.3-70B · mtbench · bleu · LoRA-GA: printed 27.7").any()
-    assert pd.Series(said).str.contains(r"\(8 of 8 are the median of the three runs").any()
+    html = "\n".join(str(x) for x in shown if "<table" in str(x))
+    # The 8 disagreeing means open, then all 108 folded below them, ≠ marking the 8 there.
+    opened, folded = html.split('<details class="hupeft-fold">')
+    assert opened.count("<tr>") == 1 + 8 and folded.count("<tr>") == 1 + 108
+    assert folded.count("<td>≠</td>") == 8 and "≠" not in opened.split("</thead>")[1]
+    assert "<td>-0.00</td>" not in html
+    row = opened[opened.index("<td>Llama3.3-70B</td>"):].split("</tr>")[0]
+    for cell in ("mtbench · bleu", "LoRA-GA", "27.7", "27.57", "+0.13"):
+        assert f"<td>{cell}</td>" in row, cell
+    assert "8 of those 8 are the median of the three runs" in said[0]

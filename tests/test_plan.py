@@ -138,7 +138,7 @@ def test_cli_table_json_and_bad_input(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "tiny-llama" in text and "0 do not fit" in text
     data = json.loads(out.read_text())
-    assert len(data["cells"]) == 12 and all(c["feasible"] for c in data["cells"])
+    assert len(data["cells"]) == 14 and all(c["feasible"] for c in data["cells"])
     bad = tmp_path / "bad.json"
     assert plan.cli_main(["--preset", "smoke", "--gpu-memory", "lots", "--json", str(bad)]) == 2
     err = capsys.readouterr().err.strip()

@@ -68,7 +68,7 @@ def test_table1_layout_has_methods_as_rows_and_paper_columns(frame):
     t1 = report.table1(frame)
     tables = report.table1_layout(t1, report.paper_table1())
     glue = tables["glue"]
-    assert list(glue["method"]) == ["Full FT", "LoRA", "LoRA-GA", "BOFT", "uRNN", "Hybrid"]
+    assert list(glue["method"]) == ["Full FT", "LoRA", "LoRA-GA", "BOFT", "uRNN", "Hybrid", "Chance"]
     ours = [c for c in glue.columns if c.endswith("(ours)")]
     theirs = [c for c in glue.columns if c.endswith("(paper)")]
     assert ours == ["m (ours)"] and len(theirs) == 4
@@ -148,4 +148,29 @@ def test_a_cell_that_dies_is_failed_in_the_book_and_the_command_exits_nonzero(tm
         pages.show_failures(df)
     finally:
         IPython.display.display = orig
-    assert "1 of 2 runs did not finish ok" in shown[0] and "boft" in shown[1]
+    assert "1 of 2 runs did not finish ok" in shown[0] and "BOFT" in shown[1]
+
+
+def test_fig1_says_how_many_runs_shared_the_machine_and_defers_to_the_bench(monkeypatch):
+    """From the records' start and finish: the most runs at once and how many overlapped (a run
+    that starts as another finishes does not; one that trains nothing is not timed), then the
+    controlled bench's hybrid / LoRA ratio beside the runs' own."""
+    import json
+
+    def run(method, start, end, epochs=2):
+        return {"status": "ok", "epochs": epochs, "model": "m", "method": method,
+                "record": {"started_at": start, "finished_at": end}}
+
+    df = pd.DataFrame([run("lora", 0, 10), run("hybrid", 5, 15), run("boft", 15, 20), run("full", 30, 40),
+                       run("zero-shot", 0, 40, epochs=0)])
+    assert report.concurrency(df) == {"runs": 4, "overlapped": 2, "most": 2}
+    assert report.concurrency(df[df["method"].isin(["boft", "full"])])["most"] == 1
+    f1 = pd.DataFrame({"model": ["m", "m"], "method": ["lora", "hybrid"], "seconds_per_epoch": [2.0, 3.0]})
+    said = []
+    monkeypatch.setattr(pages, "_md", said.append)
+    pages.timing_caveat(f1, df)
+    bench = json.loads((report.REPO / "data" / "bench" / "smollm2.json").read_text())
+    ratio = bench["methods"]["hybrid"]["step_ratio"]["lora"]
+    assert "up to 2 running at once, and 2 of the 4 shared part of their time" in said[0]
+    assert f"a Hybrid step takes {ratio['mean']:.2f} ± {ratio['half_width']:.2f} times LoRA's" in said[0]
+    assert "here a Hybrid epoch takes 1.50 times LoRA's on m" in said[0]

@@ -97,13 +97,13 @@ def test_summary_page_states_the_degeneration_in_words(frame, monkeypatch):
     monkeypatch.setattr(pages, "_html", lambda f, **kw: said.append(f.to_string()))
     pages.show_lambda_summary(report.lambda_summary(report.lambda_long(frame), report.branch_long(frame)))
     words = said[-1]
-    assert "**paper**: in 3 of 3 seeds every layer's lambda ended above 0.95 (from step 3 on)" in words
+    assert "m · glue/sst2, **paper**: in 3 of 3 seeds every layer's λ ended above 0.95 (from step 3 on)" in words
     assert "**LoRA-GA alone**" in words
-    assert "**normalized**: in 1 of 3 seeds every layer's lambda ended above 0.95 or below 0.05 (from step 4 on), " \
+    assert "**normalized**: in 1 of 3 seeds every layer's λ ended above 0.95 or below 0.05 (from step 4 on), " \
         "50% of layers above and 50% below: each layer is **one branch alone**" in words
     assert "**normalized**: in 2 of 3 seeds some layers keep both branches in the mix" in words
-    assert "**slope**: in 3 of 3 seeds some layers keep both branches in the mix (lambda between 0.05 and 0.95): " \
-        "83% of layers on average, lambda 0.02 to 0.70 over layers." in words
+    assert "**slope**: in 3 of 3 seeds some layers keep both branches in the mix (λ between 0.05 and 0.95): " \
+        "83% of layers on average, λ 0.02 to 0.70 over layers." in words
     assert "nan" not in "".join(said).lower() and "None" not in "".join(said)
 
 

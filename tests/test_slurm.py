@@ -50,7 +50,7 @@ def test_smoke_preset_as_arrays_then_nothing_to_rerun(cluster, tmp_path):
     results = tmp_path / "results"
     out = grid(cluster, "--preset", "smoke", "--results", str(results), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "0 of 12 cells already have a complete record; 12 to submit" in out.stdout
+    assert "0 of 14 cells already have a complete record; 14 to submit" in out.stdout
     [first] = submissions(results, "smoke")
     scripts = sorted(first.glob("array-*.sbatch"))
     assert scripts and len(list(first.glob("cells-*.json"))) == len(scripts)
@@ -60,11 +60,11 @@ def test_smoke_preset_as_arrays_then_nothing_to_rerun(cluster, tmp_path):
     cluster.wait_idle(timeout=900)
     cells = presets.expand(presets.load_preset("smoke"), root=results)
     records = [read_record(c.out_dir / "record.json") for c in cells]
-    assert [r["status"] for r in records] == ["ok"] * 12, [r.get("error") for r in records]
+    assert [r["status"] for r in records] == ["ok"] * 14, [r.get("error") for r in records]
     assert all((c.out_dir / "run.ipynb").exists() for c in cells)
 
     again = grid(cluster, "--preset", "smoke", "--results", str(results), cwd=tmp_path)
-    assert again.returncode == 0 and "12 of 12 cells already have a complete record; 0 to submit" in again.stdout
+    assert again.returncode == 0 and "14 of 14 cells already have a complete record; 0 to submit" in again.stdout
     assert submissions(results, "smoke") == [first] and not cluster.jobs()
 
 
@@ -131,7 +131,7 @@ def test_cells_with_a_complete_record_are_not_submitted(tmp_path, capsys):
     hw = plan.Hardware(gpus_per_node=2)
     assert launch_slurm.submit(cells, tmp_path, "smoke", launch_slurm.Options(cpus_per_gpu=1), hw, dry_run=True) == 0
     out = capsys.readouterr().out
-    assert "1 of 12 cells already have a complete record; 11 to submit" in out and "--array=0-10" in out
+    assert "1 of 14 cells already have a complete record; 13 to submit" in out and "--array=0-12" in out
 
 
 def test_multi_node_task_launches_accelerate_with_slurm_rank(tmp_path, monkeypatch):

@@ -5,7 +5,9 @@ A reader (or a grid re-run after a kill) sees the old file or the new one, never
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -49,3 +51,19 @@ def atomic_write_jsonl(dest: str | os.PathLike, rows) -> Path:
     import json
 
     return atomic_write_text(dest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike):
+    """Yield a temporary folder beside `dest`; when the block ends without error, rename it to
+    `dest` (which must be absent or empty), else remove it. A reader sees no folder or a whole one."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are meant to be shared
+        os.rename(tmp, dest)  # atomic; refuses a dest that exists and is not empty
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,4 +1,4 @@
-"""`hupeft` command line: run | grid | sweep | reproduce | report | plan | bench | humaneval.
+"""`hupeft` command line: run | grid | sweep | reproduce | report | plan | bench | humaneval | export | eval.
 
 Each subcommand lives in the module that owns the work; this file only dispatches, so
 `hupeft --help` stays fast (no torch import until a subcommand needs it).
@@ -6,6 +6,7 @@ Each subcommand lives in the module that owns the work; this file only dispatche
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -19,11 +20,34 @@ SUBCOMMANDS = {
     "plan": ("hupeft.plan", "cli_main", "memory per GPU, GPUs, nodes and time of every cell of a preset"),
     "bench": ("hupeft.bench", "cli_main", "time training steps of every method on one model"),
     "humaneval": ("hupeft.benchmarks.humaneval", "cli_main", "score HumanEval completions in the sandbox"),
+    "export": ("hupeft.export", "cli_main", "write a run's model as a merged transformers folder or PEFT adapter"),
+    "eval": ("hupeft.harness", "cli_main", "score a run's exported model with lm-evaluation-harness tasks"),
+    "doctor": ("hupeft.doctor", "cli_main", "what this machine can run, each missing piece with its fix"),
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line naming the fix (the usage is in --help); exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
+def version() -> str:
+    """The installed package's version (a checkout that is not installed: the source's)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("hupeft")
+    except PackageNotFoundError:
+        from hupeft import __version__
+
+        return __version__
+
+
 def usage() -> str:
-    lines = ["usage: hupeft <command> [options]", "", "commands:"]
+    lines = ["usage: hupeft <command> [options]   (hupeft --version: the version)", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
     lines += ["", "`hupeft <command> --help` documents each command's options."]
     return "\n".join(lines)
@@ -33,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"hupeft {version()}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:

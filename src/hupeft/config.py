@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-
+from . import hub
 
 SCORE_ON = ("eval", "holdout")
 
@@ -24,7 +24,8 @@ class RunConfig:
     """full, lora, loraga, boft, urnn or hybrid (and their variants), or zero-shot (the base model
     untrained, scored as the others: the floor)."""
     benchmark: str = "glue/sst2"
-    """A registered benchmark (hupeft.benchmarks.names())."""
+    """A registered benchmark (hupeft.benchmarks.names()) or a task file of your own, path/to/task.yaml
+    (hupeft.benchmarks.tasks; a relative path is read from the working folder)."""
     seed: int = 0
     """Seed for data sampling, initialisation and shuffling."""
     task: str = "auto"
@@ -155,7 +156,8 @@ def _kind(hint: Any) -> tuple[type, bool]:
 
 def _coerce(value: Any, hint: Any) -> Any:
     """`value` as the annotation's type; _WrongType when it is not one (no silent conversions
-    but int -> float and list -> tuple, which YAML and JSON cannot tell apart)."""
+    but int -> float and list -> tuple, which YAML and JSON cannot tell apart, and comma-separated
+    text -> tuple, as on the command line)."""
     import math
 
     kind, optional = _kind(hint)
@@ -164,9 +166,12 @@ def _coerce(value: Any, hint: Any) -> Any:
     ok = {int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
           bool: isinstance(value, bool), str: isinstance(value, str), dict: isinstance(value, dict),
-          tuple: isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value)}[kind]
+          tuple: isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value))
+          }[kind]
     if not ok or (kind is float and not math.isfinite(value)):
         raise _WrongType(value)
+    if kind is tuple and isinstance(value, str):  # the command line's form, e.g. target_modules: all-linear
+        return tuple(x.strip() for x in value.split(",") if x.strip())
     return float(value) if kind is float else tuple(value) if kind is tuple else value
 
 
@@ -307,6 +312,7 @@ def validate(cfg: RunConfig, *, here: bool = True) -> RunConfig:
         bench = benchmarks.get(cfg.benchmark)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    cfg = dataclasses.replace(cfg, benchmark=benchmarks.canonical(cfg.benchmark))  # a task file: its absolute path
     _check_ranges(cfg)
     if here:
         _check_hardware(cfg)
@@ -316,6 +322,10 @@ def validate(cfg: RunConfig, *, here: bool = True) -> RunConfig:
         opts = methods.make_options(cfg.method, check_method_types(cfg.method, cfg.method_options))
     except (MethodError, TypeError) as e:
         raise ConfigError(str(e).splitlines()[0]) from None
+    if here:
+        # Every cheap check is done: now one short request decides whether the hub answers, before
+        # any client asks it (bitsandbytes asks at import); where it does not, all go offline.
+        hub.decide()
     _check_layer_shapes(cfg, task, opts, here)
     _check_data(cfg, bench, task, here)
     return dataclasses.replace(cfg, task=task)
@@ -334,6 +344,7 @@ def validate_settings(cfg: RunConfig) -> RunConfig:
         bench = benchmarks.get(cfg.benchmark)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    cfg = dataclasses.replace(cfg, benchmark=benchmarks.canonical(cfg.benchmark))  # a task file: its absolute path
     _check_ranges(cfg)
     try:
         methods.make_options(cfg.method, check_method_types(cfg.method, cfg.method_options))
@@ -439,7 +450,7 @@ def _check_data(cfg: RunConfig, bench, task: str, here: bool = True) -> None:
     validation target and its prompt's end, a generation budget that leaves no room for the prompt."""
     from hupeft import data, models
     from hupeft.benchmarks import DATA_CHOICES
-    from hupeft.benchmarks.base import NoSource
+    from hupeft.benchmarks.base import NoSource, unsaid
 
     if cfg.data not in DATA_CHOICES:
         raise ConfigError(f"data={cfg.data!r}: use one of {', '.join(DATA_CHOICES)}, e.g. --set data=real")
@@ -449,7 +460,8 @@ def _check_data(cfg: RunConfig, bench, task: str, here: bool = True) -> None:
             # Planning or submitting: no data folder here, and asking the hub from a login node
             # without a network waits minutes on retries; the machine that runs the cell checks.
             return
-        splits = data.load_splits(bench, cfg)
+        with unsaid():  # a data=any fallback is said by the run, once; a refusal here is one line
+            splits = data.load_splits(bench, cfg)
     except NoSource as e:
         if not here:  # planning or submitting: the machine that runs the cell may have the data
             return

@@ -60,7 +60,7 @@ def load_splits(bench, cfg) -> Splits:
     XNLI, its validation split, `bench.stratify`: balanced over labels), and the whole eval split
     is scored unless n_eval says fewer. Benchmarks without one (HumanEval, mtbench) are split by
     seed into disjoint train / eval parts, and the record says so."""
-    from .benchmarks.base import fingerprint  # hupeft.benchmarks imports this module: not at the top
+    from .benchmarks.base import fingerprint, say  # hupeft.benchmarks imports this module: not at the top
 
     requested = getattr(cfg, "data", "any")
     load = lambda split: bench.load(split=split, seed=cfg.seed, data_dir=cfg.data_dir, data=requested)  # noqa: E731
@@ -115,10 +115,8 @@ def load_splits(bench, cfg) -> Splits:
     if not train:
         raise ValueError(f"{bench.name}: no training examples left; raise n_train or provide a train split")
     if requested == "any" and synthetic and any(tried.values()):
-        import logging
-
-        logging.getLogger("hupeft").warning("%s: no real data (%s); using generated data, as data=any allows",
-                                            bench.name, "; ".join(dict.fromkeys(t for v in tried.values() for t in v)))
+        say(f"{bench.name}: no real data ({'; '.join(dict.fromkeys(t for v in tried.values() for t in v))}); "
+                 "using generated data, as data=any allows")
     return Splits(train, val, evals, sources, synthetic, description, eval_split.stands_in_for,
                   prints, tried)
 

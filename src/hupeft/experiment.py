@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 
 from . import distributed
+from .cli import ArgumentParser
 from .config import ConfigError, RunConfig, apply_overrides, field_docs, validate
 from .memory import PeakRSS
 from .records import RECORD_NAME, SCHEMA_VERSION, environment, write_record
@@ -162,6 +163,7 @@ def _train_and_score(cfg: RunConfig, record: RunRecord, out: Path | None, resume
     # 1. Seeds, data, model ------------------------------------------------------------
     _seed_everything(cfg.seed)
     bench = benchmarks.get(cfg.benchmark)
+    record["benchmark"] = bench.identity()  # its name (a task file's own), kind and metrics
     splits = data.load_splits(bench, cfg)
     record["config"]["data"] = splits.provenance(cfg.data)  # asked for, used, sources and their hashes
     cuda = torch.cuda.is_available()
@@ -646,7 +648,7 @@ def parser() -> argparse.ArgumentParser:
     docs = field_docs()
     keys = "\n".join(f"  {k:<24}{v.strip()}" for k, v in docs.items()
                      if k not in ("model", "method", "benchmark", "seed"))
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(  # its errors: one line
         prog="hupeft run", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train and score one model x method x benchmark x seed; writes OUT/record.json.",
         epilog=f"--set keys (key=value; `none` for None):\n{keys}\n  {'method.<option>':<24}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_write_text
+from .hub import decide as hub_decide
 from .quantization import QuantizationError, bnb_config, check_supported, keep_trainable_on_cpu
 
 TASKS = ("causal-lm", "seq-cls")
@@ -96,10 +99,30 @@ def load(name: str, task: str = "causal-lm", *, num_labels: int = 2, dtype: torc
         loaded = _tiny(name, task, num_labels, seed, dtype)
         if quantization:
             loaded = _quantized_tiny(loaded, task, dtype, quantization, quant_storage, device_map)
-        return loaded
-    if name in EMBEDDED:
-        return _embedded(name, task, num_labels, dtype, quantization, quant_storage, device_map)
-    return _hub(name, task, num_labels, dtype, quantization, quant_storage, device_map)
+    elif name in EMBEDDED:
+        loaded = _embedded(name, task, num_labels, dtype, quantization, quant_storage, device_map)
+    else:
+        loaded = _hub(name, task, num_labels, dtype, quantization, quant_storage, device_map)
+    # Named on the model itself, so whatever saves it later (Adapted.save, an export) can say
+    # which base it needs; a random model is only that base with its seed.
+    base = {"name": name, "task": task}
+    if name in TINY:
+        base["seed"] = seed
+    if task == "seq-cls":
+        base["num_labels"] = num_labels
+    loaded.model.hupeft_base = base
+    return loaded
+
+
+def base_model_of(model: nn.Module) -> dict | None:
+    """The base a model was loaded as: {"name", "task", and "seed" for a random test model,
+    "num_labels" for a classifier} from `load`, else the transformers name or path it came from
+    ({"name"} only), else None."""
+    tagged = getattr(model, "hupeft_base", None)
+    if tagged:
+        return dict(tagged)
+    path = getattr(getattr(model, "config", None), "name_or_path", "") or ""
+    return {"name": path} if path else None
 
 
 def _quantized_kwargs(dtype, quantization, quant_storage, device_map) -> dict[str, Any]:
@@ -223,7 +246,24 @@ def _package_dir(package: str, pip_name: str) -> Path:
 
 def smollm2_checkpoint() -> Path:
     """The fp32 safetensors rebuild of the embedded SmolLM2 GGUF, created on first use."""
-    return cached_folder(cache_dir() / "models" / "smollm2-135m-fp32", _build_smollm2)
+    folder = cached_folder(cache_dir() / "models" / "smollm2-135m-fp32", _build_smollm2)
+    # A folder built by an older hupeft kept the GGUF's quantization entry, which makes
+    # transformers treat the plain fp32 weights as GGUF ones that cannot be saved: drop it in place.
+    strip_quantization_entry(folder / "config.json")
+    return folder
+
+
+def strip_quantization_entry(config_file: Path) -> bool:
+    """Remove `quantization_config` from a saved config.json (atomically); True if there was one."""
+    try:
+        cfg = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(cfg, dict) or "quantization_config" not in cfg:
+        return False
+    del cfg["quantization_config"]
+    atomic_write_text(config_file, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return True
 
 
 def _build_smollm2(folder: Path) -> None:
@@ -234,8 +274,11 @@ def _build_smollm2(folder: Path) -> None:
     gguf = info["file"]
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf)
     src = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf, dtype=torch.float32)
-    # Rebuild a plain model from config + state dict so nothing GGUF-specific survives.
-    model = AutoModelForCausalLM.from_config(src.config)
+    # Rebuild a plain model from config + state dict so nothing GGUF-specific survives: the weights
+    # are dequantized fp32 now, and a config still naming GGUF makes them unsavable.
+    config = copy.deepcopy(src.config)
+    config.__dict__.pop("quantization_config", None)
+    model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(src.state_dict())
     _write_checkpoint(model, folder)
     tok.save_pretrained(folder)
@@ -326,6 +369,7 @@ def _hub(name: str, task: str, num_labels: int, dtype, quantization, quant_stora
     elif device_map is not None:
         kwargs["device_map"] = device_map
     try:
+        hub_decide(name)  # the hub unreachable: the local cache only, no retries
         tok = AutoTokenizer.from_pretrained(name)
         if task == "causal-lm":
             model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
@@ -376,6 +420,7 @@ def _read_tokenizer(name: str):
         return ByteTokenizer(tiny_config(name).vocab_size)
     path = smollm2_checkpoint() if name == "smollm2-135m" else minilm_dir() if name == "minilm-l6" else name
     try:
+        hub_decide(path)
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):
         return None
@@ -393,6 +438,8 @@ def _read_config(name: str, hub: bool = True):
         # one-time fp32 rebuild (~30 s, needed to run anyway) is made here and read instead.
         return AutoConfig.from_pretrained(smollm2_checkpoint())
     try:
+        if hub:
+            hub_decide(name)  # the hub unreachable: the cache only, no retries
         return AutoConfig.from_pretrained(name, local_files_only=not hub)
     except (OSError, ValueError):
         return None

@@ -127,3 +127,12 @@ def expand(preset: dict, *, models=None, methods=None, benchmarks=None, seeds=No
         if not found:
             raise GridError(f"no cell of preset {preset['name']} has benchmark(s) {benchmarks}")
     return cells
+
+
+def preset_rates(preset: dict, method: str) -> dict:
+    """The rate(s) a preset's study runs of `method` use."""
+    ms = {**preset.get("defaults", {}), **preset.get("method_settings", {}).get(method, {})}
+    opts = ms.get("method_options", {})
+    if "lr_lora" in opts or "lr_boft" in opts:
+        return {k: opts.get(k) for k in ("lr_lora", "lr_boft")}
+    return {"lr": ms.get("lr")}

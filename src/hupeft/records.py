@@ -86,7 +86,9 @@ def load_all(root: str | os.PathLike):
         last = ep[-1] if ep else {}
         row = {
             "path": str(path), "status": rec["status"], "error": rec["error"],
-            "model": cfg.get("model"), "method": cfg.get("method"), "benchmark": cfg.get("benchmark"),
+            # A task file's runs go by the name it gives, not by its path.
+            "model": cfg.get("model"), "method": cfg.get("method"),
+            "benchmark": (rec.get("benchmark") or {}).get("name") or cfg.get("benchmark"),
             "seed": cfg.get("seed"), "preset": cfg.get("preset"),
             "trainable": rec["params"].get("trainable"), "total": rec["params"].get("total"),
             "epochs": len(ep),
@@ -137,3 +139,23 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def archive(src: str | os.PathLike, dest: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> int:
+    """Copy every record under `src` to the same place under `dest`, records only: no executed
+    notebook, prompts, generations, adapter or checkpoint, so no sentence of the data leaves
+    with them. The data folder's path (`data_dir`) is written as `<data folder>`, so an archived
+    record names where its rows came from, not the machine that read them. Returns the count."""
+    src, dest = Path(src), Path(dest)
+    count = 0
+    for path in sorted(src.rglob(RECORD_NAME)):
+        text = path.read_text()
+        if data_dir:
+            text = text.replace(str(Path(data_dir).resolve()), "<data folder>")
+        rec = json.loads(text)
+        if rec.get("status") not in ("ok", "diverged"):
+            continue  # a failed cell is rerun, not archived; a diverged one is a result (a rate too high)
+        rec.pop("kept_files", None)  # they stay behind
+        write_record(rec, dest / path.relative_to(src))
+        count += 1
+    return count

@@ -9,6 +9,7 @@ book/results/ (generated, not committed) and `--build` then builds the book.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -21,6 +22,7 @@ from .records import load_all
 REPO = Path(__file__).resolve().parents[2]
 PAPER_DIR = REPO / "data" / "paper"
 REPORT_NOTEBOOKS = REPO / "notebooks" / "report"
+ARCHIVE = REPO / "data" / "archive"  # archived studies' records (a results root of their own)
 GENERATED = REPO / "book" / "results"
 
 # Our benchmark -> the paper's Table I benchmark (its GLUE column is one score per run), and
@@ -31,10 +33,11 @@ PAPER_METRIC = {("glue", "accuracy"): "score", ("glue", "score"): "score", ("gsm
                 ("mtbench", "bleu"): "bleu", ("humaneval", "pass@1"): "pass@1", ("humaneval", "pass@10"): "pass@10"}
 # Fractions in records, percentages on the page (as the paper prints them).
 PERCENT_METRICS = {"accuracy", "f1", "exact_match_strict", "exact_match_flexible", "pass@1", "pass@10"}
-METHOD_LABEL = {"full": "Full FT", "lora": "LoRA", "loraga": "LoRA-GA", "boft": "BOFT",
+METHOD_LABEL = {"zero-shot": "Zero-shot", "full": "Full FT", "lora": "LoRA", "loraga": "LoRA-GA", "boft": "BOFT",
                 "urnn": "uRNN", "hybrid": "Hybrid"}
 METHOD_ORDER = list(METHOD_LABEL)
-BASELINES = [m for m in METHOD_ORDER if m != "hybrid"]
+BASELINES = [m for m in METHOD_ORDER if m not in ("hybrid", "zero-shot")]
+FLOOR = "zero-shot"  # the base model untrained, scored as the others
 # Variants run under names of their own (hupeft.methods.METHODS). Table I and the figures compare
 # the paper's six methods; the page on the hybrid and the uRNN shows the variants beside them.
 VARIANT_LABEL = {"urnn-structured": "uRNN (structured)", "hybrid-paper": "Hybrid (λ: paper)",
@@ -132,7 +135,7 @@ def table1_layout(t1: pd.DataFrame, paper: pd.DataFrame, glue: pd.DataFrame | No
         t1 = pd.concat([t1.assign(method=t1["method"].astype(str)), glue], ignore_index=True)
     t1 = t1.assign(paper_benchmark=t1["benchmark"].map(PAPER_BENCHMARK).fillna(t1["benchmark"]))
     for pbench, part in t1.groupby("paper_benchmark", sort=False):
-        frame = pd.DataFrame({"method": [METHOD_LABEL[m] for m in METHOD_ORDER]}).set_index("method")
+        frame = pd.DataFrame({"method": [METHOD_LABEL[m] for m in METHOD_ORDER] + ["Chance"]}).set_index("method")
         # Short headers so the table fits the page: the section names the benchmark family.
         several = part[["benchmark", "metric"]].drop_duplicates().shape[0] > 1
         for (model, bench, metric), g in part.groupby(["model", "benchmark", "metric"], observed=True, sort=False):
@@ -140,6 +143,9 @@ def table1_layout(t1: pd.DataFrame, paper: pd.DataFrame, glue: pd.DataFrame | No
             if bench == "glue":  # the paper's GLUE number: the mean of the four tasks
                 col = f"{model} · GLUE mean (ours)"
             vals = {METHOD_LABEL[r["method"]]: fmt_interval(r["mean"], r["ci95"]) for _, r in g.iterrows()}
+            floor = chance(bench) if metric == "accuracy" else None
+            if floor:  # the floor a classifier's accuracy is read against
+                vals["Chance"] = f"{floor:.1f}"
             frame[col] = [vals.get(m, "–") for m in frame.index]
         metrics = {PAPER_METRIC.get((pbench, m)) for m in part["metric"]} - {None}
         if not pm.empty:
@@ -149,6 +155,7 @@ def table1_layout(t1: pd.DataFrame, paper: pd.DataFrame, glue: pd.DataFrame | No
                 frame[f"{model} (paper)" if len(metrics) == 1 else f"{model} · {metric} (paper)"] = \
                     [vals.get(m, "–") for m in frame.index]
         frame = frame[[c for c in frame.columns if (frame[c] != "–").any()]]
+        frame = frame[(frame != "–").any(axis=1)] if frame.shape[1] else frame  # no row for what nobody ran
         tables[pbench] = frame.reset_index()
     return tables
 
@@ -171,7 +178,7 @@ def paired_comparisons(df: pd.DataFrame, treatment: str = "hybrid", value: str =
         by = {m: dict(zip(x["seed"], x["value"])) for m, x in g.groupby("method", observed=True)}
         if treatment not in by:
             continue
-        for base in [m for m in (baselines or METHOD_ORDER) if m != treatment and m in by]:
+        for base in [m for m in (baselines or BASELINES) if m != treatment and m in by]:
             iv = paired_difference(by[treatment], by[base])
             if iv.n == 0:
                 continue
@@ -186,7 +193,7 @@ def fig1_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Seconds per epoch and peak memory per method and model, mean and 95% interval over seeds (Fig. 1)."""
     from .stats import mean_interval
 
-    ok = df[df["status"] == "ok"]
+    ok = df[(df["status"] == "ok") & (df["epochs"] > 0)]  # zero-shot trains nothing: no time to show
     rows = []
     for (model, method), g in ok.groupby(["model", "method"], observed=True):
         t = mean_interval(g["seconds_per_epoch"])
@@ -199,6 +206,24 @@ def fig1_frame(df: pd.DataFrame) -> pd.DataFrame:
     if not out.empty:
         out["method"] = pd.Categorical(out["method"], categories=METHOD_ORDER, ordered=True)
     return out
+
+
+def concurrency(df: pd.DataFrame) -> dict:
+    """How the timed runs (those that trained) overlapped in time, from their records' start and
+    finish: `runs` timed, `overlapped` (how many shared some of their time with another run) and
+    `most` (the most that were running at one moment). Runs without both times are left out."""
+    ok = df[(df["status"] == "ok") & (df["epochs"] > 0)]
+    spans = [(r.get("started_at"), r.get("finished_at")) for r in ok["record"]]
+    spans = [(a, b) for a, b in spans if a is not None and b is not None]
+    overlapped = sum(any(a2 < b and b2 > a for j, (a2, b2) in enumerate(spans) if j != i)
+                     for i, (a, b) in enumerate(spans))
+    # Sweep over starts (+1) and finishes (-1); at equal times a finish comes first.
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
+    most = running = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return {"runs": len(spans), "overlapped": int(overlapped), "most": most}
 
 
 def epochs_long(df: pd.DataFrame) -> pd.DataFrame:
@@ -396,14 +421,64 @@ def evaluation_signatures(df: pd.DataFrame) -> pd.DataFrame:
                         columns=["benchmark", "metric", "computed as", "runs"])
 
 
-def run_index(df: pd.DataFrame, book_dir: Path = GENERATED) -> pd.DataFrame:
-    """Every executed run notebook with its status, for the reproducibility page."""
+def run_folder(path: str | Path, preset: str) -> str:
+    """A run's folder relative to its preset's results folder (`<model>/<benchmark>/<method>/seed<k>`),
+    which is also where the book keeps its copies (RUN_FILES)."""
+    folder = Path(path).parent
+    for up in folder.parents:
+        if up.name == preset:
+            return folder.relative_to(up).as_posix()
+    return "/".join(folder.parts[-4:])
+
+
+# Beside the result pages, what they link to: tables as CSV (hupeft.pages) and every run's record
+# and executed notebook, so that the links are relative and the built book can be moved or published.
+FILES = GENERATED / "files"
+RUN_FILES = FILES / "runs"
+
+
+def copy_runs(results: str | Path, preset: str) -> int:
+    """Copy each run's record.json and executed run.ipynb under RUN_FILES; returns the runs copied."""
+    shutil.rmtree(RUN_FILES, ignore_errors=True)
+    n = 0
+    for rec in sorted((Path(results) / preset).rglob("record.json")):
+        out = RUN_FILES / run_folder(rec, preset)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("record.json", "run.ipynb"):
+            if (rec.parent / name).is_file():
+                shutil.copy2(rec.parent / name, out / name)
+        n += 1
+    return n
+
+
+def run_href(row, name: str = "record.json") -> str | None:
+    """A run's file as the result pages link it (relative to them), or None where the book holds no
+    copy of it (copy_runs copies the reported preset's runs only)."""
+    rel = f"{run_folder(row['path'], row['preset'])}/{name}"
+    return f"{RUN_FILES.relative_to(GENERATED).as_posix()}/{rel}" if (RUN_FILES / rel).is_file() else None
+
+
+def run_index(df: pd.DataFrame) -> pd.DataFrame:
+    """Every run with its status and its record and executed notebook as the book links them."""
     rows = []
     for _, r in df.iterrows():
-        nb = Path(r["path"]).parent / "run.ipynb"
-        rows.append({"model": r["model"], "benchmark": r["benchmark"], "method": r["method"], "seed": r["seed"],
-                     "status": r["status"], "notebook": str(nb) if nb.exists() else "(not written)"})
+        rows.append({"model": r["model"], "benchmark": r["benchmark"], "method": LABEL.get(str(r["method"]), r["method"]),
+                     "seed": r["seed"], "status": r["status"], "notebook": run_href(r, "run.ipynb"),
+                     "record": run_href(r)})
     return pd.DataFrame(rows)
+
+
+def has_content(notebook: Path, preset: str, results: str | Path) -> bool:
+    """Whether a result page has anything to show for these records: the study page only where
+    study records exist (fresh or archived), the XNLI/FLORES page only where the preset ran either;
+    every other page always. A page without content leaves the table of contents."""
+    if notebook.stem.endswith("-multilingual"):  # data/paper/ holds no XNLI/FLORES numbers to show instead
+        return any(str(json.loads(p.read_text()).get("config", {}).get("benchmark", "")).startswith(("xnli/", "flores/"))
+                   for p in (Path(results) / preset).rglob("record.json"))
+    if notebook.stem.endswith("-study"):
+        src, _ = study_source(results)
+        return any((Path(src) / "study").rglob("record.json"))
+    return True
 
 
 def execute_pages(preset: str, results: Path, progress: bool = True, jobs: int | None = None) -> list[Path]:
@@ -419,7 +494,12 @@ def execute_pages(preset: str, results: Path, progress: bool = True, jobs: int |
     from .executor import execute_notebook
 
     GENERATED.mkdir(parents=True, exist_ok=True)
-    notebooks = sorted(REPORT_NOTEBOOKS.glob("*.ipynb"))
+    notebooks = [nb for nb in sorted(REPORT_NOTEBOOKS.glob("*.ipynb")) if has_content(nb, preset, results)]
+    for stale in GENERATED.glob("*.ipynb"):  # a page left from an earlier build with content then
+        if stale.name not in {nb.name for nb in notebooks}:
+            stale.unlink()
+    copy_runs(results, preset)
+    started = time.time()
     params = {"preset": preset, "results": str(Path(results).resolve())}
 
     def execute(nb: Path) -> Path:
@@ -441,11 +521,22 @@ def execute_pages(preset: str, results: Path, progress: bool = True, jobs: int |
         for fut in tqdm(as_completed(futures), total=len(futures), desc="report", unit="page",
                         disable=not progress):
             fut.result()  # a failed page raises here, naming its cell
+    # The pages (re)wrote every table they show; a CSV none of them wrote now is an earlier build's.
+    for old in (FILES / "tables").glob("*.csv"):
+        if old.stat().st_mtime < started - 1:
+            old.unlink(missing_ok=True)
     return [GENERATED / nb.name for nb in notebooks]
 
 
+# What a kernel's own messaging logs when a message reaches it malformed (seen now and then while
+# pages run side by side): the kernel's plumbing, printed into whichever cell is running, never
+# something the page's code said.
+KERNEL_NOISE = "ERROR:tornado.general:Uncaught exception in ZMQStream callback"
+
+
 def _hide_injected_parameters(path: Path) -> None:
-    """The book shows results, not papermill's injected parameter cell."""
+    """The book shows results, not papermill's injected parameter cell nor the kernel's own
+    messaging errors (KERNEL_NOISE, with their tracebacks)."""
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
@@ -453,7 +544,28 @@ def _hide_injected_parameters(path: Path) -> None:
         tags = cell.metadata.get("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             cell.metadata["tags"] = tags + ["remove-cell"]
+        if cell.cell_type == "code":
+            for o in cell.outputs:
+                if o.get("output_type") == "stream":
+                    o["text"] = _without_kernel_noise(o.get("text", ""))
+            cell.outputs = [o for o in cell.outputs if o.get("output_type") != "stream" or o["text"]]
     nbformat.write(nb, str(path))
+
+
+def _without_kernel_noise(text: str) -> str:
+    """A stream's text less each KERNEL_NOISE record: its line, its traceback and the exception's
+    line that ends it. Anything else the stream holds stays."""
+    out, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith(KERNEL_NOISE):
+            skipping = True
+        elif skipping and line.startswith(("Traceback", " ")):
+            pass
+        elif skipping:
+            skipping = False  # the exception's own line ends the record
+        else:
+            out.append(line)
+    return "".join(out)
 
 
 def build_book() -> int:
@@ -485,7 +597,10 @@ def cli_main(argv: list[str]) -> int:
         return 2
     t0 = time.time()
     pages = execute_pages(args.preset, Path(args.results))
-    print(f"report: {len(pages)} pages from {root} in {time.time() - t0:.0f} s -> {GENERATED}")
+    from . import findings  # findings is built on this module's frames, so it imports this one
+
+    findings.write(args.results, args.preset)
+    print(f"report: {len(pages)} pages and the findings from {root} in {time.time() - t0:.0f} s -> {GENERATED}")
     if args.build:
         code = build_book()
         print(f"book: {'built' if code == 0 else 'FAILED'}: {REPO / '_build' / 'html' / 'index.html'}")
@@ -512,21 +627,42 @@ def multilingual(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def paper_memory_reports() -> dict[str, str]:
+    """The GPU memory the paper's text reports per model (data/paper/resources-claims.csv), in its
+    words: model name as printed -> "Hybrid 30 GB, Full FT 80 GB, LoRA 25 GB"."""
+    path = PAPER_DIR / "resources-claims.csv"
+    if not path.exists():
+        return {}
+    claims = pd.read_csv(path, dtype=str, keep_default_na=False)
+    out: dict[str, list[str]] = {}
+    for _, c in claims[claims["quantity"] == "GPU memory"].iterrows():
+        methods = ", ".join(METHOD_LABEL.get(m, m) for m in c["method"].split(","))
+        out.setdefault(c["model"], []).append(f"{methods} {c['value']} {c['unit']}")
+    return {model: ", ".join(said) for model, said in out.items()}
+
+
 def resource_check() -> pd.DataFrame:
-    """For each paper model: bf16 weight memory from its config, beside the paper's reported memory."""
+    """For each paper model: its parameters and the memory of its weights alone in bf16 and 4-bit,
+    from its config, in GB (10^9 bytes, as the paper and the claims page write them), beside the GPU
+    memory the paper's text reports for it."""
     import yaml
 
     path = PAPER_DIR / "models.yaml"
     if not path.exists():
         return pd.DataFrame()
     spec = yaml.safe_load(path.read_text())
+    reports = paper_memory_reports()
     rows = []
     for entry in spec.get("models", spec if isinstance(spec, list) else []):
         n = param_count(entry)
-        rows.append({"model": entry.get("id") or entry.get("name"), "parameters (B)": n / 1e9 if n else float("nan"),
-                     "bf16 weights (GiB)": 2 * n / 2**30 if n else float("nan"),
-                     "4-bit weights (GiB)": 0.5 * n / 2**30 if n else float("nan"),
-                     "paper reports": entry.get("paper_memory"), "source": entry.get("source")})
+        name = entry.get("name") or entry.get("id")
+        # The paper prints "Llama3.1-405B" where models.yaml says "Llama-3.1-405B".
+        said = next((v for k, v in reports.items() if _norm(name).startswith(_norm(k))), None)
+        rows.append({"model": name, "parameters (B)": n / 1e9 if n else float("nan"),
+                     "bf16 weights (GB)": 2 * n / 1e9 if n else float("nan"),
+                     "4-bit weights (GB)": 0.5 * n / 1e9 if n else float("nan"),
+                     "paper reports (GPU memory)": said or entry.get("paper_memory"),
+                     "hub id": entry.get("id"), "source": entry.get("source")})
     return pd.DataFrame(rows)
 
 
@@ -678,7 +814,7 @@ CHECKS = {"value": _check_value, "difference": _check_difference, "at_least": _c
 
 
 def check_text_claims(claims: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """Each text claim against the paper's own Table I: supported or contradicted, with the
+    """Each text claim against the paper's own Table I: consistent with it or contradicted, with the
     numbers used (`table value`: the printed value, difference, mean difference or number of
     models where a `best` claim fails)."""
     rows = []
@@ -686,12 +822,13 @@ def check_text_claims(claims: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame
         printed, runs = _cells(paper, c)
         ok, numbers, value = CHECKS[c["kind"]](c, printed, runs)
         rows.append({"id": c["id"], "section": c["section"], "model": c["model"], "claim": _claim_text(c),
-                     "status": "supported" if ok else "contradicted", "Table I": numbers,
+                     "status": CONSISTENT if ok else "contradicted", "Table I": numbers,
                      "claimed": c["claimed"], "table value": value})
     return pd.DataFrame(rows)
 
 
 NOT_CHECKABLE = "not checkable from Table I"
+CONSISTENT = "consistent with the paper's Table I"  # not "reproduced": that is what our runs say
 
 
 def _norm(name: str) -> str:
@@ -847,3 +984,222 @@ def preset_plan(preset: str = "paper", gpu_memory_gb: float = 80, gpus_per_node:
                               "gradient estimate": "gradient estimate GB", "benchmark": "benchmarks"})
     out.attrs["hardware"] = hw
     return out.reset_index(drop=True)
+
+
+# --- floors, per-seed differences, power and the learning-rate sweeps (the study) -----------------
+
+
+def chance(benchmark: str) -> float | None:
+    """Accuracy (percent) of guessing uniformly among a classification benchmark's labels."""
+    from . import benchmarks
+
+    try:
+        n = benchmarks.get(benchmark).num_labels
+    except ValueError:
+        return None
+    return 100.0 / n if n else None
+
+
+def floor_comparisons(df: pd.DataFrame) -> pd.DataFrame:
+    """Each trained method minus zero-shot over the same seeds (did it learn anything?)."""
+    frames = [paired_comparisons(df, treatment=m, baselines=[FLOOR])
+              for m in METHOD_ORDER if m != FLOOR and (df["method"] == m).any()]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def per_seed_differences(df: pd.DataFrame, treatment: str = "hybrid", baselines: list[str] | None = None
+                         ) -> pd.DataFrame:
+    """treatment minus each baseline, seed by seed (the values a paired interval is made of)."""
+    long = scores_long(df[df["status"] == "ok"])
+    rows = []
+    for (model, bench, metric), g in long.groupby(["model", "benchmark", "metric"], observed=True):
+        by = {m: dict(zip(x["seed"], x["value"])) for m, x in g.groupby("method", observed=True)}
+        for base in [b for b in (baselines or BASELINES + [FLOOR]) if b in by and b != treatment]:
+            for seed in sorted(set(by.get(treatment, {})) & set(by[base])):
+                rows.append({"model": model, "benchmark": bench, "metric": metric, "baseline": base,
+                             "comparison": f"{LABEL.get(treatment, treatment)} − {LABEL.get(base, base)}",
+                             "seed": seed, "difference": by[treatment][seed] - by[base][seed]})
+    return pd.DataFrame(rows)
+
+
+def power(pc: pd.DataFrame, seeds: pd.DataFrame, level: float = 0.95, target_power: float = 0.8
+          ) -> pd.DataFrame:
+    """Per paired comparison: the seed-to-seed spread of the difference, the interval's half width,
+    and the minimum detectable difference of the design: the true difference a paired t-test at
+    this level finds with probability `target_power`, (t_(1-a/2) + t_power) * sd / sqrt(n)."""
+    from .stats import t_quantile
+
+    rows = []
+    for (model, bench, metric, comp), g in seeds.groupby(["model", "benchmark", "metric", "comparison"]):
+        n = len(g)
+        if n < 2:
+            continue
+        sd = float(g["difference"].std(ddof=1))
+        t_a = t_quantile(n - 1, level)
+        t_b = t_quantile(n - 1, 2 * target_power - 1)  # the one-sided target_power quantile
+        rows.append({"model": model, "benchmark": bench, "metric": metric, "comparison": comp, "seeds": n,
+                     "sd": sd, "ci95": t_a * sd / n ** 0.5, "mdd80": (t_a + t_b) * sd / n ** 0.5})
+    return pd.DataFrame(rows)
+
+
+def study_source(results: str | Path, preset: str = "study") -> tuple[Path, str]:
+    """Where the study's records are: a fresh run under `results` if it has any, else the archive."""
+    fresh = Path(results) / preset
+    if any(fresh.rglob("record.json")):
+        return Path(results), "fresh"
+    return ARCHIVE, "archived"
+
+
+def sweep_points(root: str | Path, preset: str) -> pd.DataFrame:
+    """Every sweep run of a preset (records under <root>/<preset>-sweep/): method, its rate(s),
+    the held-out score (percent; diverged runs as nan) and the status."""
+    base = Path(root) / f"{preset}-sweep"
+    df = load_all(base) if base.exists() else pd.DataFrame()
+    if df.empty:
+        return pd.DataFrame(columns=["method", "lr", "lr_lora", "lr_boft", "score", "status"])
+    rows = []
+    for _, r in df.iterrows():
+        cfg = r["record"]["config"]
+        opts = cfg.get("method_options") or {}
+        metric = next(iter(r["record"].get("scores") or {}), None)
+        rows.append({"method": r["method"], "lr": cfg.get("lr"), "lr_lora": opts.get("lr_lora"),
+                     "lr_boft": opts.get("lr_boft"), "status": r["status"], "seed": r["seed"],
+                     "score": 100 * r["record"]["scores"]["accuracy"] if r["status"] == "ok" and
+                     "accuracy" in (r["record"].get("scores") or {}) else float("nan"), "metric": metric})
+    return pd.DataFrame(rows)
+
+
+def chosen_rates(preset: str) -> dict:
+    """The learning rate(s) each method of a preset runs at (what its sweep chose)."""
+    from .presets import load_preset, preset_rates
+
+    p = load_preset(preset)
+    return {m: preset_rates(p, m) for m in p["methods"]}
+
+
+# --- the paper's claims against our runs ---------------------------------------------------------
+
+VERDICTS = ("reproduced", "contradicted", "unresolved", "not testable here")
+
+
+def studies(results: str | Path, preset: str) -> dict[str, pd.DataFrame]:
+    """Every study the book holds, headline first: the real-data study (fresh or archived) and
+    the preset this book was built from, each as its records (the six methods and zero-shot)."""
+    out = {}
+    src, _ = study_source(results)
+    if any((Path(src) / "study").rglob("record.json")):
+        out["study"] = records(src, "study")
+    if preset != "study" and any((Path(results) / preset).rglob("record.json")):
+        out[preset] = records(results, preset)
+    return out
+
+
+def _direction(low: float, high: float, sign: float) -> str:
+    """reproduced / contradicted / unresolved for a claimed difference of this sign."""
+    if pd.isna(low) or pd.isna(high):
+        return "unresolved"
+    if (low > 0 and sign > 0) or (high < 0 and sign < 0):
+        return "reproduced"
+    if (high < 0 and sign > 0) or (low > 0 and sign < 0):
+        return "contradicted"
+    return "unresolved"
+
+
+def _our_difference(c, df: pd.DataFrame) -> tuple[str, str] | None:
+    """(verdict, numbers) of a difference, at-least or best claim in one study; None if the study
+    has no run of the claim's benchmark family and methods."""
+    glue = df[df["benchmark"].map(PAPER_BENCHMARK) == c["benchmark"]]
+    rivals = [c["versus"]] if c["kind"] != "best" else c["versus"].split(",")
+    pcs = pd.concat([paired_comparisons(glue, treatment=c["method"], baselines=[r]) for r in rivals]) \
+        if not glue.empty else pd.DataFrame()
+    if pcs.empty:
+        return None
+    pcs = pcs[pcs["metric"].isin(["accuracy", "score", "exact_match_strict", "bleu", "pass@1"])]
+    if pcs.empty:
+        return None
+    numbers = "; ".join(f"{r['comparison']} {fmt_interval(r['difference'], r['ci95'])}"
+                        + (f" ({r['benchmark'].split('/')[-1]})" if pcs["benchmark"].nunique() > 1 else "")
+                        for _, r in pcs.iterrows())
+    each = [_direction(r["low"], r["high"], 1.0 if c["kind"] != "difference" else
+                       (1.0 if float(c["claimed"]) >= 0 else -1.0)) for _, r in pcs.iterrows()]
+    if "contradicted" in each:
+        verdict = "contradicted"
+    elif all(v == "reproduced" for v in each):
+        verdict = "reproduced"
+    else:
+        verdict = "unresolved"
+    return verdict, numbers
+
+
+def our_text_verdicts(claims: pd.DataFrame, held: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each text claim against our own runs (`held`: study name -> records): reproduced (the
+    paired 95% interval excludes zero on the claimed side), contradicted (on the other side),
+    unresolved (it includes zero), or not testable here (an absolute score of a 7B-405B model,
+    or a benchmark none of our studies ran). The headline study decides where it tests a claim."""
+    rows = []
+    for _, c in claims.iterrows():
+        verdict, parts = "not testable here", []
+        if c["kind"] == "value":
+            parts.append("an absolute score of a 7B–405B model")
+        else:
+            for name, df in held.items():
+                got = _our_difference(c, df)
+                if got is None:
+                    continue
+                parts.append(f"{name}: {got[0]}, {got[1]}")
+                verdict = got[0] if verdict == "not testable here" else verdict
+            if not parts:
+                parts.append(f"no {c['benchmark']} runs of {_label(c['method'])} and its rival(s) here")
+        rows.append({"id": c["id"], "our runs": verdict, "our numbers": "; ".join(parts)})
+    return pd.DataFrame(rows)
+
+
+def _ratio_intervals(df: pd.DataFrame, column: str) -> dict[str, tuple[float, float, float, int]]:
+    """Per model: full FT's value over the hybrid's, seed by seed, as mean and 95% interval."""
+    from .stats import mean_interval
+
+    ok = df[(df["status"] == "ok") & (df["epochs"] > 0)]
+    out = {}
+    for model, g in ok.groupby("model"):
+        wide = g.pivot_table(index="seed", columns="method", values=column, observed=True)
+        if {"full", "hybrid"} <= set(wide.columns):
+            iv = mean_interval((wide["full"] / wide["hybrid"]).dropna())
+            if iv.n:
+                out[model] = (iv.mean, iv.low, iv.high, iv.n)
+    return out
+
+
+def our_resource_verdicts(rclaims: pd.DataFrame, held: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The speed-up and memory-reduction claims (hybrid against full FT) against our per-seed
+    ratios: reproduced where our interval reaches the claimed ratio, contradicted where it lies
+    wholly below it, unresolved otherwise; the rest (a 405B model's GB or minutes, curves read off
+    a figure) is not testable here."""
+    rows = []
+    for _, c in rclaims.iterrows():
+        quantity = c["quantity"]
+        column = ("seconds_per_epoch" if quantity.startswith("training time speed-up") else
+                  "peak_memory_bytes" if quantity.startswith("memory reduction") else None)
+        verdict, parts = "not testable here", []
+        if column is None:
+            parts.append("a 7B–405B model's own figure")
+        else:
+            # The claimed full / hybrid ratio: 2.1x faster, or 50% less memory = 2x.
+            claimed = float(c["value"]) if c["unit"] == "x" else 1 / (1 - float(c["value"]) / 100)
+            for name, df in held.items():
+                for model, (mean, low, high, n) in _ratio_intervals(df, column).items():
+                    v = "reproduced" if high >= claimed else "contradicted" if n > 1 else "unresolved"
+                    span = f"95% interval {low:.2f} to {high:.2f}, {n} seeds" if n > 1 else "1 seed"
+                    parts.append(f"{name} · {model}: {v}, full / hybrid {mean:.2f}x ({span}; the claim: "
+                                 f"{claimed:.2f}x)")
+                    verdict = v if verdict == "not testable here" else verdict
+            if not parts:
+                parts.append("no run of both full FT and the hybrid here")
+        rows.append({"id": c["id"], "our runs": verdict, "our numbers": "; ".join(parts)})
+    return pd.DataFrame(rows)
+
+
+def sweep_source(results: str | Path, preset: str) -> Path:
+    """The results root holding the preset's sweep: a fresh `hupeft sweep` run, else the archive."""
+    fresh = Path(results) / f"{preset}-sweep"
+    return Path(results) if any(fresh.rglob("record.json")) else ARCHIVE

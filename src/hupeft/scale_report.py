@@ -13,7 +13,8 @@ import pandas as pd
 
 from .report import METHOD_LABEL
 
-SCALE_JSON = Path(__file__).resolve().parents[2] / "data" / "bench" / "scale.json"
+REPO = Path(__file__).resolve().parents[2]
+SCALE_JSON = REPO / "data" / "bench" / "scale.json"
 MODEL_JSON = SCALE_JSON.with_name("smollm2.json")
 PAIRS_JSON = SCALE_JSON.with_name("smollm2-pairs.json")  # the closest comparisons, more rounds
 IDENTICAL_JSON = SCALE_JSON.with_name("smollm2-identical.json")  # PEFT's LoRA against itself, 40 rounds
@@ -65,38 +66,65 @@ def growth(f: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def plot(f: pd.DataFrame):
-    """Step time and peak memory against width and against sequence length, log-log, one line per
-    method, with 95% intervals as error bars."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+# Small multiples: one panel per family of rows, each beside the frozen model's floor, so that no
+# panel holds more lines than a reader can tell apart.
+FAMILIES = (("LoRA and LoRA-GA", ("lora", "peft_lora", "loraga", "peft_loraga")),
+            ("rotations", ("boft", "boft_m1", "peft_oft", "peft_oft_exact", "peft_boft_m1")),
+            ("Full FT, uRNN and Hybrid", ("full", "urnn", "hybrid")))
 
-    methods = list(dict.fromkeys(f["method"]))
-    palette = dict(zip(methods, sns.color_palette("tab20", len(methods))))
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    for col, (sweep, x, xlabel) in enumerate((("width", "width", "layer width d"),
-                                              ("seq_len", "seq_len", "sequence length"))):
+
+# Okabe-Ito, told apart with colour blindness too; a panel holds at most five rows.
+PANEL_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9")
+
+
+def plot(f: pd.DataFrame):
+    """Step time and peak memory against width and against sequence length, log-log: one row of
+    panels per cost and sweep, one panel per family of methods (FAMILIES), each with the frozen
+    model as a grey floor; 95% intervals over rounds as error bars where they stay above a tenth
+    of the point."""
+    from .pages import WIDTH, _figure
+
+    sweeps = [(s, x, lab) for s, x, lab in (("width", "width", "layer width d"), ("seq_len", "seq_len", "sequence length"))
+              if (f["sweep"] == s).any()]
+    costs = (("step_ms", "step_ms_half", "step time (ms)"), ("memory_mib", "memory_mib_half", "peak memory (MiB)"))
+    families = [(name, [m for m in ms if m in set(f["method"])]) for name, ms in FAMILIES]
+    families = [(name, ms) for name, ms in families if ms]
+    fig, axes = _figure(len(sweeps) * len(costs), len(families), figsize=(WIDTH, 2.2 * len(sweeps) * len(costs) + 1.2),
+                        squeeze=False, sharey="row")
+    for s_i, (sweep, x, xlabel) in enumerate(sweeps):
         part = f[f["sweep"] == sweep]
-        for row, (y, half, ylabel) in enumerate((("step_ms", "step_ms_half", "step time (ms)"),
-                                                 ("memory_mib", "memory_mib_half", "peak memory (MiB)"))):
-            ax = axes[row, col]
-            for method in methods:
-                g = part[part["method"] == method].sort_values(x)
-                if g.empty:
-                    continue
-                ax.errorbar(g[x], g[y], yerr=g[half].fillna(0), label=LABEL.get(method, method),
-                            color=palette[method], ecolor=(*palette[method], 0.35), elinewidth=0.8,
-                            marker="o", markersize=3, linewidth=1, capsize=2)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            fixed = (f"{int(part['tokens'].iloc[0] // part['seq_len'].iloc[0])} x {int(part['seq_len'].iloc[0])} tokens"
-                     if sweep == "width" else f"width {int(part['width'].iloc[0])}") if not part.empty else ""
-            ax.set_title(f"{ylabel.split(' (')[0]} vs {xlabel} ({fixed})", fontsize=9)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+        fixed = (f"{int(part['tokens'].iloc[0] // part['seq_len'].iloc[0])} x {int(part['seq_len'].iloc[0])} tokens"
+                 if sweep == "width" else f"width {int(part['width'].iloc[0])}")
+        for c_i, (y, half, ylabel) in enumerate(costs):
+            row = axes[s_i * len(costs) + c_i]
+            for col, (ax, (family, methods)) in enumerate(zip(row, families)):
+                floor = part[part["method"] == "frozen"].sort_values(x)
+                if not floor.empty:
+                    ax.plot(floor[x], floor[y], color="0.6", lw=1.2, ls=":", label=LABEL["frozen"])
+                for i, method in enumerate(methods):
+                    g = part[part["method"] == method].sort_values(x)
+                    if g.empty:
+                        continue
+                    # A 95% interval that reaches zero or below cannot be drawn on a log axis, and one
+                    # that nearly does would stretch the axis over decades (two rounds give t = 12.7):
+                    # a point whose interval reaches below a tenth of it is drawn without its bar.
+                    err = g[half].fillna(0).where(g[y] - g[half].fillna(0) > g[y] / 10, 0)
+                    # PEFT's rows dashed beside hupeft's own solid ones; one colour per row of a panel.
+                    ax.errorbar(g[x], g[y], yerr=err, label=LABEL.get(method, method), color=PANEL_COLORS[i],
+                                ls="--" if method.startswith("peft_") else "-", marker="o", markersize=2.5,
+                                linewidth=1, elinewidth=0.6, capsize=1.5)
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                if s_i == 0 and c_i == 0:
+                    ax.set_title(family)
+                if col == 0:
+                    ax.set_ylabel(f"{ylabel}\nvs {xlabel}\n({fixed})", fontsize=8)
+                if c_i == len(costs) - 1:
+                    ax.set_xlabel(xlabel)
+    for col, (family, _) in enumerate(families):
+        handles, labels = axes[0][col].get_legend_handles_labels()
+        axes[-1][col].legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.45), fontsize=7.5,
+                             ncol=1, frameon=False)
     return fig
 
 
@@ -110,6 +138,41 @@ def skipped_rows(result: dict) -> dict[str, str]:
     return out
 
 
+def command(result: dict, path: Path) -> str:
+    """The bench's command as recorded, writing to the file this page read (the JSON may have been
+    written elsewhere and moved into data/bench/, and a page names no path of the measuring machine)."""
+    import re
+    import shlex
+
+    path = Path(path).resolve()
+    where = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.name
+    cmd = result.get("command") or f"hupeft bench --json {where}"
+    return re.sub(r"--json\s+\S+", lambda _: f"--json {shlex.quote(where)}", cmd)
+
+
+def reproduce(result: dict, path: Path, what: str = "figure") -> None:
+    """Beside a bench's figure or table: the command that measures it and the command that redraws it,
+    with the bench's JSON (copied into the book) to download."""
+    import shutil
+    from html import escape
+
+    from IPython.display import HTML, display
+
+    from . import pages, report
+
+    dest = report.FILES / "bench" / Path(path).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path, dest)
+    preset = pages._PAGE.get("preset") or "PRESET"
+    redraw, unnamed = pages.report_command(preset, pages._PAGE.get("df"))
+    display(HTML(
+        f'<details class="hupeft-reproduce">\n<summary>Reproduce this {escape(what)}</summary>\n<p>\n'
+        f"<code>{escape(command(result, path))}</code> measures it into "
+        f'<a href="{escape(dest.relative_to(report.GENERATED).as_posix())}">{escape(Path(path).name)}</a>; '
+        f"<code>{escape(redraw)}</code> redraws this page from that file"
+        + (f" (DIR: the folder that holds <code>{escape(preset)}/</code>)" if unnamed else "") + ".\n</p>\n</details>"))
+
+
 def show(path: str | Path = SCALE_JSON) -> None:
     """The page: where the figures come from, the plot, and the growth exponents."""
     from IPython.display import Markdown, display
@@ -120,7 +183,7 @@ def show(path: str | Path = SCALE_JSON) -> None:
     f = frame(result)
     prov = result.get("provenance", {})
     display(Markdown(
-        f"Measured with `{result.get('command', '?')}` on {prov.get('machine', '?')} (torch {prov.get('torch', '?')}, "
+        f"Measured with `{command(result, path)}` on {prov.get('machine', '?')} (torch {prov.get('torch', '?')}, "
         f"{result.get('threads') or 'default'} thread(s)"
         + (f"; {prov['cpus']} CPUs, load average {prov['load_average']:.1f} when it started" if "cpus" in prov else "")
         + f"), {prov.get('created_utc', '?')} UTC; "
@@ -131,10 +194,22 @@ def show(path: str | Path = SCALE_JSON) -> None:
            f" The sweep was cut short: {len(result['points'])} of its {result['points_planned']} points "
            "were measured, the cheapest first.")
         + "".join(f" {LABEL.get(row, row)}: {why}." for row, why in skipped_rows(result).items())))
-    _show(plot(f))
-    display(Markdown("How each cost grows: the exponent k of a power law size^k fitted to the points "
-                     "(1 = linear; the floor's exponent is the base layer's own)."))
-    _html(growth(f), digits=2)
+    display(Markdown("One panel per family of methods, log-log: solid lines are hupeft's layers, dashed lines PEFT's, "
+                     "the dotted grey line the frozen model (the floor); bars are 95% intervals over rounds, drawn "
+                     "where their lower end stays above a tenth of the point (a log axis cannot show one that "
+                     "reaches zero)."))
+    fig = plot(f)
+    fig.hupeft_reproduce = lambda: reproduce(result, Path(path))
+    _show(fig)
+    display(Markdown("How each cost grows: the exponent $k$ of a power law $\\text{cost} \\propto \\text{size}^k$ "
+                     "fitted to the points (1 = linear; the floor's exponent is the base layer's own)."))
+    g = growth(f)
+    wide = pd.DataFrame({"method": list(dict.fromkeys(g["method"]))})
+    for sweep in dict.fromkeys(g["sweep"]):
+        for col, cost in (("time exponent", "time"), ("memory exponent", "memory")):
+            by = dict(zip(g.loc[g["sweep"] == sweep, "method"], g.loc[g["sweep"] == sweep, col]))
+            wide[f"{cost} vs {sweep}"] = [by.get(m, float("nan")) for m in wide["method"]]
+    _html(wide, digits=2)
 
 
 def model_frame(result: dict) -> pd.DataFrame:
@@ -165,6 +240,14 @@ MEMORY_KINDS = {
 }
 
 
+def _labelled(text: str) -> str:
+    """A bench target's words with each row's name as the book writes it (LABEL), not as the bench does."""
+    import re
+
+    names = sorted((n for n in LABEL if n != "frozen"), key=len, reverse=True)  # "the frozen floor" reads as is
+    return re.sub(r"\b(" + "|".join(map(re.escape, names)) + r")\b", lambda m: LABEL[m.group(1)], text)
+
+
 def _memory_kind(result: dict) -> str:
     kinds = {r.get("memory_kind") for r in result.get("methods", {}).values()} - {None, "not measured"}
     return ", ".join(sorted(kinds)) or "not measured"
@@ -185,7 +268,7 @@ def show_model_bench(path: str | Path = MODEL_JSON) -> None:
     prov = result.get("provenance", {})
     kind = _memory_kind(result)
     display(Markdown(
-        f"Measured with `{result.get('command', '?')}` on {prov.get('machine', '?')} (torch {prov.get('torch', '?')}"
+        f"Measured with `{command(result, path)}` on {prov.get('machine', '?')} (torch {prov.get('torch', '?')}"
         + (f"; {prov['cpus']} CPUs, load average {prov['load_average']:.1f} when it started" if "cpus" in prov else "")
         + f"), {prov.get('created_utc', '?')} UTC: {result['model']}, batch {result['batch']} x {result['seq_len']}, "
         f"adapters on {', '.join(result['targets'])}; {result.get('rounds_done', result['rounds'])} interleaved "
@@ -196,8 +279,9 @@ def show_model_bench(path: str | Path = MODEL_JSON) -> None:
         + "Peak memory: "
         + MEMORY_KINDS.get(kind, f"`{kind}`") + "."))
     _html(model_frame(result))
-    targets = pd.DataFrame([{"target": t["target"], "measured": fmt(t), "bound": t["bound"], "verdict": t["verdict"]}
-                            for t in check_targets(result)])
+    reproduce(result, path, "table")
+    targets = pd.DataFrame([{"target": _labelled(t["target"]), "measured": fmt(t), "bound": t["bound"],
+                             "verdict": t["verdict"]} for t in check_targets(result)])
     if not targets.empty:
         display(Markdown("The targets: a ratio's 95% interval inside its bound meets it, outside misses it, "
                          "across it is not resolved by this many rounds."))

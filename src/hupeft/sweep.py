@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_text
 from .grid import is_done, run_grid
-from .presets import Cell, GridError, expand, load_preset, preset_names
+from .presets import Cell, GridError, expand, load_preset, preset_names, preset_rates
 from .records import RECORD_NAME, read_record
 
 CHOSEN_NAME = "chosen.json"
@@ -95,7 +95,7 @@ def _cells(preset: dict, points: list[Point], root: Path, here: bool) -> list[Ce
             extra["method_options"] = {**own.get("method_options", {}), **extra["method_options"]}
             extra["lr"] = extra["method_options"]["lr_lora"]  # recorded; both branches have their own
         p.setdefault("method_settings", {})[pt.method] = {**own, **extra}
-        for cell in expand(p, root=root, here=here, sweeping=True):
+        for cell in expand(p, root=root, here=here, lookups=here, sweeping=True):
             cell.out_dir = cell.out_dir.parent / pt.folder / cell.out_dir.name
             cells.append(cell)
     return cells
@@ -109,7 +109,7 @@ def score_of(cell: Cell, metric: str) -> float | None:
         return None
     if rec.get("status") == "diverged":
         return -math.inf
-    if rec.get("status") != "ok" or not is_done(cell):
+    if rec.get("status") != "ok" or not is_done(cell, notebook=False):  # archives keep records only
         return None
     return float(rec["scores"][metric])
 
@@ -165,15 +165,6 @@ def choose(preset: dict, root: Path, *, run: bool = False, jobs: int = 1, here: 
                                                           parents[k] * max(pair["factors"])) for k in parents),
                           "points": [[[v for _, v in points[i].pair], scores[i]] for i in range(len(points))]}
     return chosen
-
-
-def preset_rates(preset: dict, method: str) -> dict:
-    """The rate(s) a preset's study runs of `method` use."""
-    ms = {**preset.get("defaults", {}), **preset.get("method_settings", {}).get(method, {})}
-    opts = ms.get("method_options", {})
-    if "lr_lora" in opts or "lr_boft" in opts:
-        return {k: opts.get(k) for k in ("lr_lora", "lr_boft")}
-    return {"lr": ms.get("lr")}
 
 
 def disagreements(preset: dict, chosen: dict) -> list[str]:

@@ -9,7 +9,8 @@
 Names: glue/sst2, glue/mnli, glue/qqp, glue/qnli, gsm8k (5-shot; gsm8k/chat: zero-shot in the chat
 template), gsm-symbolic (generated GSM8K-style problems scored as GSM8K: a stand-in, not GSM8K),
 mtbench (translation; see translation.py for why the name), humaneval, xnli/<lang>,
-flores/<src>-<tgt> (FLORES codes).
+flores/<src>-<tgt> (FLORES codes), or the path of a task file of your own (path/to/task.yaml; see
+tasks.py), which records and the book call by the name it gives.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from .base import DATA_CHOICES, DATA_ENV, Benchmark, BenchmarkError, Scores, Spl
 from .glue import GLUE
 from .gsm8k import GSM8K, GSMSymbolic
 from .humaneval import HumanEval
+from .tasks import canonical, is_task_file
+from .tasks import load as load_task
 from .translation import LISTED, Flores, MTBench
 from .xnli import LANGUAGES as XNLI_LANGUAGES
 from .xnli import XNLI
 
-__all__ = ["Benchmark", "BenchmarkError", "DATA_CHOICES", "DATA_ENV", "Scores", "Split", "few_shot", "get", "names"]
+__all__ = ["Benchmark", "BenchmarkError", "DATA_CHOICES", "DATA_ENV", "Scores", "Split", "canonical", "few_shot", "get",
+           "names"]
 
 
 def names() -> list[str]:
@@ -34,6 +38,8 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Benchmark:
+    if is_task_file(name):
+        return load_task(name)
     if name in GLUE:
         return GLUE[name]()
     if name == "gsm8k":
@@ -56,4 +62,4 @@ def get(name: str) -> Benchmark:
         return Flores(src, tgt)
     fixed = list(GLUE) + ["gsm8k", "gsm-symbolic", "mtbench", "humaneval"]
     raise BenchmarkError(f"unknown benchmark {name!r}; use one of {', '.join(fixed)}, gsm8k/chat, "
-                         "xnli/<lang> or flores/<src>-<tgt>")
+                         "xnli/<lang>, flores/<src>-<tgt> or a task file (path/to/task.yaml)")

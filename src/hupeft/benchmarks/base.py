@@ -2,9 +2,10 @@
 
 A split is looked for in this order, and the first source that has it wins:
   1. a local folder: `<data_dir or $HUPEFT_DATA_DIR>/<folder>/<split>.jsonl` (hub field names);
-  2. the Hugging Face hub through `datasets.load_dataset`, which alone decides how to reach it:
-     with HF_DATASETS_OFFLINE=1 (or HF_HUB_OFFLINE=1) it reads its own cache, and a proxy or
-     HF_ENDPOINT is honoured as datasets honours it;
+  2. the Hugging Face hub through `datasets.load_dataset`: with HF_DATASETS_OFFLINE=1 (or
+     HF_HUB_OFFLINE=1) it reads its own cache, and a proxy or HF_ENDPOINT is honoured as datasets
+     honours it; where one short request finds the hub unreachable (hupeft.hub), datasets reads
+     its cache only, at once, instead of retrying for tens of seconds;
   3. data that ships offline (real HumanEval; generated stand-ins, labelled as such).
 Which of them may serve a run is its `data` setting (DATA_CHOICES): `real` takes only real data
 and fails, naming every source tried, when none has it; `synthetic` takes only generated data;
@@ -17,12 +18,16 @@ cannot supply it, loading fails and says which splits the folder has.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from .. import hub
 
 DATA_ENV = "HUPEFT_DATA_DIR"
 DATA_CHOICES = ("real", "synthetic", "any")
@@ -116,11 +121,36 @@ def hub_rows(bench: "Benchmark", split: str) -> list[dict]:
            getattr(bench, "tgt", None), split, tuple(os.environ.get(v) for v in _HUB_ENV))
     if key in _hub_failures:
         raise ConnectionError(_hub_failures[key])
+    hub.decide()  # one short request; unreachable: datasets reads its cache only, no retries
     try:
         return bench.from_hub(split)
     except Exception as e:  # gated, renamed, not cached offline, or a network error
-        _hub_failures[key] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+        why = hub.probed_unreachable()  # datasets would only say its offline mode is on
+        _hub_failures[key] = (f"unreachable: {why}; not in the datasets cache" if why else
+                              f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}")
         raise ConnectionError(_hub_failures[key]) from e
+
+
+def say(message: str) -> None:
+    """A warning on the `hupeft` logger, except while a run's input is checked (`unsaid`): a run
+    loads its data twice, checking and then training, and says what it must once."""
+    if not _hushed:
+        logging.getLogger("hupeft").warning("%s", message)
+
+
+@contextlib.contextmanager
+def unsaid():
+    """Inside, say() says nothing: checking a run's input loads its data too, and a run refused
+    there gets its one line; the run that goes on says what it must when it loads the data itself."""
+    global _hushed
+    before, _hushed = _hushed, True
+    try:
+        yield
+    finally:
+        _hushed = before
+
+
+_hushed = False
 
 
 class Benchmark:
@@ -154,6 +184,10 @@ class Benchmark:
 
     def __repr__(self) -> str:
         return f"<benchmark {self.name} ({self.kind}, {', '.join(self.metrics)})>"
+
+    def identity(self) -> dict:
+        """What a record keeps to say which benchmark it ran (a task file adds its path and hash)."""
+        return {"name": self.name, "kind": self.kind, "metrics": list(self.metrics)}
 
     # --- loading ------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from dataclasses import dataclass
@@ -148,7 +149,11 @@ def load(model: nn.Module, path: str | Path) -> Adapted:
     from .base import ADAPTER_WEIGHTS
 
     opts = make_options(meta["method"], meta["options"])
-    adapted = mod.apply(model, opts, init_batches=None, loss_fn=default_loss)
+    # The saved state holds LoRA-GA's start (A0, B0) as well as its factors: build from a plain
+    # start, restore, and keep the options as they were saved.
+    build = dataclasses.replace(opts, init="lora") if hasattr(opts, "init") else opts
+    adapted = mod.apply(model, build, init_batches=None, loss_fn=default_loss)
+    adapted.options = opts
     adapted.load_adapter_state(load_file(str(path / ADAPTER_WEIGHTS)))
     return adapted
 

@@ -31,18 +31,27 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write
+from ..models import base_model_of
 from ..quantization import dense_weight, quantized_kind
 
-# Default targets per architecture family: the paper adapts attention projections; q and v is
-# the usual LoRA choice and what `hupeft bench` measures.
+# Default targets per architecture family (config.model_type): the paper adapts attention
+# projections; q and v is the usual LoRA choice (PEFT's defaults for these families) and what
+# `hupeft bench` measures. Where q, k and v are one fused linear, that one.
+_QV = ("q_proj", "v_proj")
 DEFAULT_TARGETS = {
-    "llama": ("q_proj", "v_proj"),
-    "mistral": ("q_proj", "v_proj"),
-    "qwen2": ("q_proj", "v_proj"),
+    **dict.fromkeys(("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
+                     "gemma3_text", "phi", "olmo", "olmo2", "granite", "starcoder2", "stablelm", "cohere", "opt",
+                     "gptj", "gpt_neo"), _QV),
+    "phi3": ("qkv_proj",),
+    "gpt_neox": ("query_key_value",),
+    "falcon": ("query_key_value",),
     "bert": ("query", "value"),
     "bloom": ("query_key_value",),
     "gpt2": ("c_attn",),
 }
+# target_modules=all-linear: every nn.Linear but the output head (and the fresh classification
+# heads, which train whole), as PEFT means it.
+ALL_LINEAR = "all-linear"
 
 # Heads that sequence-classification models create fresh: they must train with any method.
 HEAD_NAMES = ("classifier", "score")
@@ -60,8 +69,8 @@ class MethodOptions:
     """Fields every method has."""
 
     target_modules: tuple[str, ...] | None = None
-    """Names (last dotted component) of the nn.Linear layers to adapt; None: the
-    architecture's default (see DEFAULT_TARGETS)."""
+    """Names (last dotted component) of the nn.Linear layers to adapt, or all-linear (every
+    linear layer but the output head); None: the architecture's default (see DEFAULT_TARGETS)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -78,8 +87,11 @@ class MethodOptions:
                 f"unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(names)}"
             )
         d = dict(d)
-        if d.get("target_modules") is not None:
-            d["target_modules"] = tuple(d["target_modules"])
+        targets = d.get("target_modules")
+        if isinstance(targets, str):  # "all-linear", "q_proj,v_proj": the command line's form
+            d["target_modules"] = tuple(t.strip() for t in targets.split(",") if t.strip())
+        elif targets is not None:
+            d["target_modules"] = tuple(targets)
         return cls(**d)
 
 
@@ -88,31 +100,63 @@ def model_type(model: nn.Module) -> str:
     return getattr(cfg, "model_type", "") or ""
 
 
+def is_all_linear(target_modules: Iterable[str] | None) -> bool:
+    """True for target_modules=all-linear, given as a string or as a one-item list."""
+    if target_modules is None:
+        return False
+    items = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    if ALL_LINEAR in items and len(items) > 1:
+        raise MethodError(f"target_modules={','.join(items)}: {ALL_LINEAR} already takes every linear layer; "
+                          f"use --set method.target_modules={ALL_LINEAR} alone, or name the layers")
+    return items == [ALL_LINEAR]
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    """Last name components of the model's adaptable nn.Linear layers, each once: for errors."""
+    return sorted({name.rsplit(".", 1)[-1] for name in _all_linears(model)})
+
+
+def _all_linears(model: nn.Module) -> list[str]:
+    """Full names of every nn.Linear but the output head and the classification heads."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    return [name for name, mod in model.named_modules()
+            if isinstance(mod, nn.Linear) and mod is not head
+            and not any(part in HEAD_NAMES for part in name.split("."))]
+
+
 def resolve_targets(model: nn.Module, target_modules: Iterable[str] | None) -> tuple[str, ...]:
+    """The targets as names PEFT matches: the ones given, every linear's full name for
+    all-linear, or the architecture's default."""
+    if is_all_linear(target_modules):
+        return tuple(_all_linears(model))
     if target_modules is not None:
         return tuple(target_modules)
     mt = model_type(model)
     if mt not in DEFAULT_TARGETS:
-        raise MethodError(
-            f"no default target modules for model type {mt!r}; pass target_modules=(...)"
-        )
+        some = ",".join(_linear_names(model)[:2]) or "q_proj,v_proj"
+        raise MethodError(f"no default target modules for model type {mt!r}; set them, e.g. --set "
+                          f"method.target_modules={some} (its linear layers: {', '.join(_linear_names(model))}), "
+                          f"or --set method.target_modules={ALL_LINEAR}")
     return DEFAULT_TARGETS[mt]
 
 
 def find_target_linears(model: nn.Module, target_modules: Iterable[str] | None) -> list[str]:
-    """Full names of the nn.Linear modules whose last name component is a target."""
-    targets = set(resolve_targets(model, target_modules))
-    names = [
-        name
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets
-        and not any(part in HEAD_NAMES for part in name.split("."))
-    ]
+    """Full names of the nn.Linear modules whose last name component is a target (all-linear:
+    every one but the output head)."""
+    if is_all_linear(target_modules):
+        names = _all_linears(model)
+    else:
+        targets = set(resolve_targets(model, target_modules))
+        names = [name for name, mod in model.named_modules()
+                 if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets
+                 and not any(part in HEAD_NAMES for part in name.split("."))]
     if not names:
-        raise MethodError(
-            f"no nn.Linear named {sorted(targets)} in {type(model).__name__}; "
-            "check target_modules against model.named_modules()"
-        )
+        wanted = (ALL_LINEAR if is_all_linear(target_modules) else ",".join(sorted(targets))
+                  if target_modules is not None else "the default")
+        have = ", ".join(_linear_names(model)) or "none"
+        raise MethodError(f"no nn.Linear matches target_modules={wanted} in {type(model).__name__} (its linear "
+                          f"layers: {have}); set e.g. --set method.target_modules={ALL_LINEAR}")
     return names
 
 
@@ -270,9 +314,15 @@ class Adapted:
         own = self.adapter_state()
         state = {k: (v if state is None else state[k]).detach().cpu().contiguous() for k, v in own.items()}
         _atomic(path / ADAPTER_WEIGHTS, lambda f: save_file(state, f))
-        meta = {"method": self.method, "options": self.options.to_dict(), "format": "hupeft"}
-        _atomic(path / ADAPTER_CONFIG, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))
+        self.write_meta(path, "hupeft")
         return path
+
+    def write_meta(self, path: Path, fmt: str) -> None:
+        """`hupeft_adapter.json`: the method, its options, the file format, and the base model the
+        adapter needs (`models.base_model_of`), so an export can rebuild it without being told."""
+        meta = {"method": self.method, "options": self.options.to_dict(), "format": fmt,
+                "base_model": base_model_of(self.model)}
+        _atomic(path / ADAPTER_CONFIG, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))
 
     def merge(self) -> nn.Module:
         """Replace each adapter layer by a plain nn.Linear with the merged weight; return the model.

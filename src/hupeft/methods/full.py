@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..quantization import is_quantized
-from .base import ADAPTER_CONFIG, Adapted, MethodError, MethodOptions, atomic_write
+from .base import Adapted, MethodError, MethodOptions
 
 
 @dataclass
@@ -30,13 +30,11 @@ class FullAdapted(Adapted):
     def save(self, path, state=None):
         # The whole model is the "adapter": save_pretrained writes safetensors and config (from
         # `state`, a sharded model's gathered state dict, when given).
-        import json
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, safe_serialization=True, state_dict=state)
-        meta = {"method": "full", "options": self.options.to_dict(), "format": "hupeft"}
-        atomic_write(path / ADAPTER_CONFIG, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))
+        # The class's method: hupeft.integrations routes the instance's save_pretrained here.
+        type(self.model).save_pretrained(self.model, path, safe_serialization=True, state_dict=state)
+        self.write_meta(path, "hupeft")
         return path
 
 

@@ -6,7 +6,6 @@ adapter_config.json) next to our small `hupeft_adapter.json`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import torch
 from torch import nn
 
 from ..quantization import dense_weight, is_quantized
-from .base import (ADAPTER_CONFIG, Adapted, MethodError, MethodOptions, atomic_write,
-                   head_modules, resolve_targets)
+from .base import Adapted, MethodError, MethodOptions, head_modules, resolve_targets
 
 
 @dataclass
@@ -68,9 +66,9 @@ class PeftAdapted(Adapted):
         # PEFT picks the adapter's tensors out of `state` (a sharded model's gathered state dict) when given.
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, state_dict=state)
-        meta = {"method": self.method, "options": self.options.to_dict(), "format": "peft"}
-        atomic_write(path / ADAPTER_CONFIG, lambda f: Path(f).write_text(json.dumps(meta, indent=2)))
+        # The class's method: hupeft.integrations routes the instance's save_pretrained here.
+        type(self.model).save_pretrained(self.model, path, state_dict=state)
+        self.write_meta(path, "peft")
         return path
 
     @torch.no_grad()

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from ..base import MethodError, MethodOptions
 
+INITS = ("gradient", "lora")
+
 
 @dataclass
 class LoraGAOptions(MethodOptions):
@@ -22,6 +24,10 @@ class LoraGAOptions(MethodOptions):
     stable_gamma: float = 16.0
     """gamma of the official "stable" scale: A0 and B0 are multiplied by d_out^(1/4)/sqrt(gamma)
     (the official default: 16). Larger gamma: a smaller start, closer to plain LoRA."""
+    init: str = "gradient"
+    """"gradient": A0 and B0 from the SVD of the gradient estimated on `init_batches` (LoRA-GA);
+    "lora": plain LoRA's start (A random, B = B0 = 0), which needs no batches. Without
+    batches and without "lora", applying the method is an error rather than a silent LoRA start."""
     estimate_layers: int | None = None
     """Targeted layers whose gradient is estimated per pass over the init batches (None: all in
     one pass). Each pass holds only its layers' fp32 estimates, so a model whose estimates do not
@@ -40,6 +46,8 @@ class LoraGAOptions(MethodOptions):
             raise MethodError(f"LoRA-GA alpha must be > 0, got {self.alpha}; pass alpha=32 (the paper's)")
         if self.estimate_layers is not None and self.estimate_layers <= 0:
             raise MethodError(f"LoRA-GA estimate_layers must be > 0 or None, got {self.estimate_layers}")
+        if self.init not in INITS:
+            raise MethodError(f"init must be one of {INITS}, not {self.init!r}")
         if self.stable_gamma <= 0:
             raise MethodError(f"LoRA-GA stable_gamma must be > 0, got {self.stable_gamma}; "
                               "pass 16 (the official default)")

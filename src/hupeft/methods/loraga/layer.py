@@ -21,8 +21,8 @@ class LoraGALinear(AdapterLayer):
         super().__init__(base)
         dev, d_in, d_out = base.weight.device, base.in_features, base.out_features
         if a0 is None:
-            # No gradient estimate (methods.load re-applies without init batches and then
-            # restores the saved factors): start as plain LoRA, A random and B = B0 = 0.
+            # No gradient estimate (init="lora", which methods.load uses before it restores the
+            # saved factors): start as plain LoRA, A random and B = B0 = 0.
             a0 = torch.empty(r, d_in)
             nn.init.kaiming_uniform_(a0, a=math.sqrt(5))
             b0 = torch.zeros(d_out, r)
