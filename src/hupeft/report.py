@@ -32,7 +32,7 @@ PAPER_BENCHMARK = {"glue/mnli": "glue", "glue/qqp": "glue", "glue/sst2": "glue",
 PAPER_METRIC = {("glue", "accuracy"): "score", ("glue", "score"): "score", ("gsm8k", "exact_match_strict"): "accuracy",
                 ("mtbench", "bleu"): "bleu", ("humaneval", "pass@1"): "pass@1", ("humaneval", "pass@10"): "pass@10"}
 # Fractions in records, percentages on the page (as the paper prints them).
-PERCENT_METRICS = {"accuracy", "f1", "exact_match_strict", "exact_match_flexible", "pass@1", "pass@10"}
+PERCENT_METRICS = {"accuracy", "f1", "exact_match", "exact_match_strict", "exact_match_flexible", "pass@1", "pass@10"}
 METHOD_LABEL = {"zero-shot": "Zero-shot", "full": "Full FT", "lora": "LoRA", "loraga": "LoRA-GA", "boft": "BOFT",
                 "urnn": "uRNN", "hybrid": "Hybrid"}
 METHOD_ORDER = list(METHOD_LABEL)

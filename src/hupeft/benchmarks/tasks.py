@@ -44,10 +44,10 @@ from pathlib import Path
 import yaml
 
 from . import scoring
-from ..distributed import EvalShard
-from .base import (DATA_CHOICES, Benchmark, BenchmarkError, NoSource, Scores, Split, fingerprint, hub_rows,
+from .base import (DATA_CHOICES, Benchmark, BenchmarkError, NoSource, Split, fingerprint, hub_rows,
                    subsample)
 from .glue import ClassificationBenchmark
+from .translation import generate_and_score
 
 SUFFIXES = (".yaml", ".yml")
 KINDS = ("classification", "generation")
@@ -398,20 +398,9 @@ class GenerationTask(_Task, Benchmark):
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
                  n_samples=None, temperature=None, progress=True, truncation=None, shard=None):
-        from hupeft.generation import generate
-
-        prompts = [self.format_causal(e)[0] for e in examples]
-        budget, shard = max_new_tokens or self.default_max_new_tokens, shard or EvalShard()
-        outs = shard.map(lambda part, cut: generate(model, tokenizer, part, budget, batch_size=batch_size,
-                                                    stop=self.stop, progress=progress, strip_leading=True,
-                                                    truncation=cut, synced=shard.synced), prompts, truncation)
-        if outs is None:  # another process of a launch: the main one scores
-            return None
-        hyps = [o[0].strip() for o in outs]
-        refs = [self.reference(e) for e in examples]
-        scores, signatures = self.score(hyps, refs)
-        rows = [{"prompt": p, "generation": h, "reference": r} for p, h, r in zip(prompts, hyps, refs)]
-        return Scores(scores, signatures, rows)
+        return generate_and_score(self, model, tokenizer, examples, [self.reference(e) for e in examples],
+                                  self.score, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                  progress=progress, truncation=truncation, shard=shard)
 
     def score(self, hyps: list[str], refs: list[str]) -> tuple[dict[str, float], dict[str, str]]:
         """The task's metrics, each with how it was computed."""

@@ -51,20 +51,29 @@ class Translation(Benchmark):
 
     def evaluate(self, model, tokenizer, examples, *, task="causal-lm", batch_size=8, max_new_tokens=None,
                  n_samples=None, temperature=None, progress=True, truncation=None, shard=None):
-        from hupeft.generation import generate
+        return generate_and_score(self, model, tokenizer, examples, [self.target_text(e) for e in examples],
+                                  lambda hyps, refs: scoring.score_translations(hyps, refs, target=self.tgt),
+                                  batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
+                                  truncation=truncation, shard=shard)
 
-        prompts = [self.format_causal(e)[0] for e in examples]
-        budget, shard = max_new_tokens or self.default_max_new_tokens, shard or EvalShard()
-        outs = shard.map(lambda part, cut: generate(model, tokenizer, part, budget, batch_size=batch_size,
-                                                    stop=self.stop, progress=progress, strip_leading=True,
-                                                    truncation=cut, synced=shard.synced), prompts, truncation)
-        if outs is None:  # another process of a launch: the main one scores
-            return None
-        hyps = [o[0].strip() for o in outs]
-        refs = [self.target_text(e) for e in examples]
-        scores, signatures = scoring.score_translations(hyps, refs, target=self.tgt)
-        rows = [{"prompt": p, "generation": h, "reference": r} for p, h, r in zip(prompts, hyps, refs)]
-        return Scores(scores, signatures, rows)
+
+def generate_and_score(bench, model, tokenizer, examples, refs, score, *, batch_size=8, max_new_tokens=None,
+                       progress=True, truncation=None, shard=None):
+    """Greedy generations for `bench`'s prompts (each process its share), scored on the main
+    process by `score(hyps, refs) -> (scores, signatures)`; None on the other processes."""
+    from hupeft.generation import generate
+
+    prompts = [bench.format_causal(e)[0] for e in examples]
+    budget, shard = max_new_tokens or bench.default_max_new_tokens, shard or EvalShard()
+    outs = shard.map(lambda part, cut: generate(model, tokenizer, part, budget, batch_size=batch_size,
+                                                stop=bench.stop, progress=progress, strip_leading=True,
+                                                truncation=cut, synced=shard.synced), prompts, truncation)
+    if outs is None:  # another process of a launch: the main one scores
+        return None
+    hyps = [o[0].strip() for o in outs]
+    scores, signatures = score(hyps, refs)
+    rows = [{"prompt": p, "generation": h, "reference": r} for p, h, r in zip(prompts, hyps, refs)]
+    return Scores(scores, signatures, rows)
 
 
 class MTBench(Translation):
