@@ -265,7 +265,7 @@ def test_claims_page_shows_each_claims_status_and_the_audit(smoke_book):
     for needle in ("consistent with the paper", "our runs", "not testable here", "contradicted", "not checkable from Table I", "202.9 GB",
                    "Llama3.3-70B: Full FT 53.1 &gt; Hybrid 53.0", "largest +1.1 (BloomZ-7B1)"):
         assert needle in claims, needle
-    assert "{doc}" not in claims  # a role in a cell's Markdown output is not rendered
+    assert "{doc}" not in claims  # a role left as text where Markdown output was not read as MyST
     table1 = (HTML / "book" / "results" / "02-table1.html").read_text()
     assert table1.count("<td>≠</td>") == 8
 

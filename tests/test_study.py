@@ -364,3 +364,14 @@ def test_archive_keeps_records_only_without_the_data_folders_path(tmp_path):
     assert files == [Path("study/lora/seed0/record.json")]
     rec = read_record(tmp_path / "archive" / "study" / "lora" / "seed0" / "record.json")
     assert rec["config"]["data"]["sources"]["train"] == "local:<data folder>/sst2/train.jsonl"
+
+
+def test_findings_of_a_one_seed_study_print_no_missing_interval(tmp_path):
+    from hupeft import findings
+
+    results = tmp_path / "results"
+    fake(results / "smoke", "lora", 0, 0.7)
+    fake(results / "smoke", "hybrid", 0, 0.8)
+    text = findings.write(results, "smoke", dest=tmp_path / "gen").read_text()
+    assert "(1 seed), **0 of 1" in text and "one seed gives no interval" in text
+    assert "nan" not in text and "None" not in text

@@ -93,9 +93,12 @@ def study_findings(name: str, df: pd.DataFrame) -> list[str]:
     seeds = int(pc["seeds"].max())
     res = pc[pc["resolved"]]
     parts = [f"{r['comparison']} {report.fmt_interval(r['difference'], r['ci95'], 1)}" for _, r in pc.iterrows()]
-    out.append(f"In the {label} ({seeds} seeds), **{len(res)} of {len(pc)} hybrid-versus-baseline differences are "
-               f"resolved** (95% interval excludes zero): {'; '.join(parts)} points; widest half width "
-               f"{pc['ci95'].max():.1f}. " + _link(page, "results"))
+    widest = pc["ci95"].max()
+    spread = (f"; widest half width {widest:.1f}" if pd.notna(widest) else
+              "; one seed gives no interval, so none can resolve")
+    out.append(f"In the {label} ({seeds} seed{'s' if seeds != 1 else ''}), **{len(res)} of {len(pc)} "
+               f"hybrid-versus-baseline differences are resolved** (95% interval excludes zero): "
+               f"{'; '.join(parts)} points{spread}. " + _link(page, "results"))
     return out
 
 

@@ -583,7 +583,9 @@ def plot_fig1(f1: pd.DataFrame) -> None:
         colors = [_color(m, i) for i, m in enumerate(part["method"])]
         for ax, col, ci, title in ((row[0], "seconds_per_epoch", "seconds_ci95", "time per epoch (s)"),
                                    (row[1], "peak_memory_gib", "memory_ci95", "peak memory (GiB)")):
-            ax.bar(labels, part[col], yerr=part[ci].fillna(0), capsize=3, color=colors)
+            # One seed has no interval: no bar rather than a bar of zero.
+            err = part[ci].fillna(0) if part[ci].notna().any() else None
+            ax.bar(labels, part[col], yerr=err, capsize=3 if err is not None else 0, color=colors)
             ax.set_title(f"{model}: {title}")
             ax.tick_params(axis="x", rotation=45)
             for t in ax.get_xticklabels():
