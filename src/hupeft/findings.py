@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import report
+from . import benchmarks, report
 from .atomic import atomic_write, atomic_write_text
 
 GENERATED = report.REPO / "book" / "generated"
@@ -75,28 +75,43 @@ def collapse_finding(df: pd.DataFrame, name: str) -> list[str]:
             f"{score}. " + _link(_page("beyond"), "Beyond the paper")]
 
 
+def primary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Only each benchmark's headline metric (accuracy, BLEU, pass@1...): one finding per task."""
+    if frame.empty:
+        return frame
+    keep = [benchmarks.get(b).primary_metric == m if b in benchmarks.names() else True
+            for b, m in zip(frame["benchmark"], frame["metric"])]
+    return frame[keep]
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def study_findings(name: str, df: pd.DataFrame) -> list[str]:
     """What one study resolves: the floor, and the hybrid against each baseline."""
     label = STUDY_LABEL.get(name, f"`{name}` study")
     page = _page("study") if name == "study" else _page("table1")
     out = []
-    fc = report.floor_comparisons(df)
+    fc = primary(report.floor_comparisons(df))
     if not fc.empty:
         learned = fc[fc["low"] > 0]
         rng = f"{learned['difference'].min():.1f} to {learned['difference'].max():.1f}" if len(learned) else ""
-        out.append(f"In the {label}, **{len(learned)} of {len(fc)} methods beat the untrained model** "
-                   + (f"(by {rng} points, each paired 95% interval above zero)" if rng else "")
+        out.append(f"In the {label}, **{len(learned)} of {len(fc)} methods beat the untrained model**"
+                   + (f" (by {rng} points, each paired 95% interval above zero)" if rng else "")
                    + ". " + _link(page, "results"))
-    pc = report.paired_comparisons(df)
+    pc = primary(report.paired_comparisons(df))
     if pc.empty:
         return out
     seeds = int(pc["seeds"].max())
     res = pc[pc["resolved"]]
-    parts = [f"{r['comparison']} {report.fmt_interval(r['difference'], r['ci95'], 1)}" for _, r in pc.iterrows()]
+    several = pc[["model", "benchmark"]].drop_duplicates().shape[0] > 1
+    parts = [f"{r['comparison']} {report.fmt_interval(r['difference'], r['ci95'], 1)}"
+             + (f" ({r['model']} · {r['benchmark']})" if several else "") for _, r in pc.iterrows()]
     widest = pc["ci95"].max()
     spread = (f"; widest half width {widest:.1f}" if pd.notna(widest) else
               "; one seed gives no interval, so none can resolve")
-    out.append(f"In the {label} ({seeds} seed{'s' if seeds != 1 else ''}), **{len(res)} of {len(pc)} "
+    out.append(f"In the {label} ({_seeds(seeds)}), **{len(res)} of {len(pc)} "
                f"hybrid-versus-baseline differences are resolved** (95% interval excludes zero): "
                f"{'; '.join(parts)} points{spread}. " + _link(page, "results"))
     return out
@@ -119,7 +134,7 @@ def summary_figure(held: dict[str, pd.DataFrame], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    comps = {name: report.paired_comparisons(df) for name, df in held.items()}
+    comps = {name: primary(report.paired_comparisons(df)) for name, df in held.items()}
     comps = {k: v for k, v in comps.items() if not v.empty}
     if not comps:
         return False
@@ -128,12 +143,12 @@ def summary_figure(held: dict[str, pd.DataFrame], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7.2, 0.62 * len(bases) + 1.5))
     offsets = {name: 0.18 * (i - (len(comps) - 1) / 2) for i, name in enumerate(comps)}
     for i, (name, pc) in enumerate(comps.items()):
+        label = f"{STUDY_LABEL.get(name, name)} ({_seeds(int(pc['seeds'].max()))})"
         for y, b in enumerate(bases):
             for _, r in pc[pc["baseline"] == b].iterrows():
                 ax.errorbar(r["difference"], y + offsets[name], xerr=0 if pd.isna(r["ci95"]) else r["ci95"],
-                            fmt="o", color=f"C{i}", capsize=3, ms=5,
-                            label=f"{STUDY_LABEL.get(name, name)} ({int(r['seeds'])} seeds)" if y == bases.index(b)
-                            and b == bases[0] else None)
+                            fmt="o", color=f"C{i}", capsize=3, ms=5, label=label)
+                label = None  # one legend entry per study
     if not paper.empty:
         for y, b in enumerate(bases):
             d = paper[paper["baseline"] == b]["difference"]
