@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import benchmarks
+from .presets import load_preset, preset_rates
 from .records import load_all
 
 REPO = Path(__file__).resolve().parents[2]
@@ -991,8 +993,6 @@ def preset_plan(preset: str = "paper", gpu_memory_gb: float = 80, gpus_per_node:
 
 def chance(benchmark: str) -> float | None:
     """Accuracy (percent) of guessing uniformly among a classification benchmark's labels."""
-    from . import benchmarks
-
     try:
         n = benchmarks.get(benchmark).num_labels
     except ValueError:
@@ -1072,8 +1072,6 @@ def sweep_points(root: str | Path, preset: str) -> pd.DataFrame:
 
 def chosen_rates(preset: str) -> dict:
     """The learning rate(s) each method of a preset runs at (what its sweep chose)."""
-    from .presets import load_preset, preset_rates
-
     p = load_preset(preset)
     return {m: preset_rates(p, m) for m in p["methods"]}
 
