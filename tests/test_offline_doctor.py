@@ -212,3 +212,14 @@ def test_doctor_run_fails_when_a_check_fails(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "failed   FSDP, one process: RuntimeError: no luck (" in out and "1 passed" not in out
     assert doctor.cli_main(["--run", "--only", "nothing-like-this"]) == 2
+
+
+def test_slurm_tools_without_a_cluster_are_skipped_not_failed(monkeypatch, tmp_path):
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    monkeypatch.setattr(doctor, "Path", lambda *parts: tmp_path.joinpath(*[p.lstrip("/") for p in parts]))
+    assert "no cluster is configured" in doctor._slurm_skip()
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    assert doctor._slurm_skip() is None
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    assert doctor._slurm_skip() == "no Slurm here"

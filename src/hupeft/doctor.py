@@ -348,6 +348,17 @@ def check_accelerate_config() -> str:
     return f"{default_config_file} reads as {cfg.distributed_type}"
 
 
+def _slurm_skip() -> str | None:
+    """Slurm's client tools without a cluster to ask (no slurm.conf, no SLURM_CONF) is a machine
+    that is not a login node, not a broken one."""
+    if not shutil.which("sinfo"):
+        return "no Slurm here"
+    conf = os.environ.get("SLURM_CONF")
+    if conf or any(Path(d, "slurm.conf").is_file() for d in ("/etc/slurm", "/etc/slurm-llnl", "/usr/local/etc")):
+        return None
+    return "Slurm's tools are installed but no cluster is configured (no slurm.conf, SLURM_CONF unset)"
+
+
 def _skip_reasons() -> dict[str, str | None]:
     """Why each check cannot run here (None: it runs)."""
     import torch
@@ -365,7 +376,7 @@ def _skip_reasons() -> dict[str, str | None]:
     return {"4bit": quant, "bf16": None if not cuda or torch.cuda.is_bf16_supported() else "this GPU has no bf16",
             "peak": None if cuda else "needs a CUDA GPU (the CPU allocator keeps no peak counter)",
             "sandbox": None if sandbox_item().status == "ok" else "no bubblewrap here",
-            "slurm": None if shutil.which("sinfo") else "no Slurm here",
+            "slurm": _slurm_skip(),
             "deepspeed": None if _version("deepspeed") else "DeepSpeed is not installed",
             "accelerate": None if Path(default_config_file).is_file() else "no accelerate config file"}
 
