@@ -192,7 +192,7 @@ def result_numbers() -> dict[str, list[str]]:
     """The decimal numbers in the tables of Table I and Fig. 2's pages. (Tiny random models score
     chance in Table I whatever the learning rate; Fig. 2's final validation loss moves with it.)"""
     return {name: re.findall(r"<td>(-?\d+\.\d+)</td>", (HTML / "book" / "results" / f"{name}.html").read_text())
-            for name in ("02-table1", "04-fig2")}
+            for name in ("04-table1", "06-fig2")}
 
 
 @pytest.fixture(scope="module")
@@ -212,8 +212,8 @@ def test_reproduce_smoke_builds_the_book_with_every_image(smoke_book):
     expected = [nb for nb in sorted(report.REPORT_NOTEBOOKS.glob("*.ipynb"))
                 if report.has_content(nb, "smoke", smoke_book)]
     assert [p.stem for p in pages] == [nb.stem for nb in expected]
-    assert "06-multilingual" not in {p.stem for p in pages}
-    assert "06-multilingual" not in (HTML / "book" / "intro.html").read_text()
+    assert "08-multilingual" not in {p.stem for p in pages}
+    assert "08-multilingual" not in (HTML / "book" / "intro.html").read_text()
     images = sum(tag == "img" and not ref.startswith("data:") for page in book_pages(HTML)
                  for tag, ref in parse_page(page).links)
     assert images >= 4
@@ -234,7 +234,7 @@ def test_the_built_book_moves_with_every_run_it_links(smoke_book, tmp_path):
     so a copy of the built book elsewhere still holds everything it links."""
     moved = tmp_path / "elsewhere"
     shutil.copytree(HTML, moved)
-    page = moved / "book" / "results" / "08-reproducibility.html"
+    page = moved / "book" / "results" / "10-reproducibility.html"
     links = [ref for tag, ref in parse_page(page).links if tag == "a" and ref.startswith("files/runs/")]
     runs = len(list((smoke_book / "smoke").rglob("record.json")))
     assert sum(ref.endswith("/record.json") for ref in links) == runs
@@ -242,7 +242,7 @@ def test_the_built_book_moves_with_every_run_it_links(smoke_book, tmp_path):
     assert not broken_links(page, moved)
     record = json.loads((page.parent / next(r for r in links if r.endswith("record.json"))).read_text())
     assert record["config"]["preset"] == "smoke"
-    csv = [ref for tag, ref in parse_page(moved / "book" / "results" / "02-table1.html").links if ref.endswith(".csv")]
+    csv = [ref for tag, ref in parse_page(moved / "book" / "results" / "04-table1.html").links if ref.endswith(".csv")]
     assert csv and all((moved / "book" / "results" / ref).read_text().startswith("method,") for ref in csv[:1])
 
 
@@ -255,18 +255,18 @@ def test_changed_parameter_changes_the_books_numbers(smoke_book):
     rep = hupeft("report", "--preset", "smoke", "--results", str(smoke_book), "--build")
     assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
     after = result_numbers()
-    assert after["04-fig2"] != before["04-fig2"]
-    assert len(after["02-table1"]) == len(before["02-table1"])
+    assert after["06-fig2"] != before["06-fig2"]
+    assert len(after["04-table1"]) == len(before["04-table1"])
 
 
 def test_claims_page_shows_each_claims_status_and_the_audit(smoke_book):
     """The paper audit on the smoke book: Table I's disagreeing means marked, each claim's status."""
-    claims = (HTML / "book" / "results" / "09-claims.html").read_text()
+    claims = (HTML / "book" / "results" / "02-claims.html").read_text()
     for needle in ("consistent with the paper", "our runs", "not testable here", "contradicted", "not checkable from Table I", "202.9 GB",
                    "Llama3.3-70B: Full FT 53.1 &gt; Hybrid 53.0", "largest +1.1 (BloomZ-7B1)"):
         assert needle in claims, needle
     assert "{doc}" not in claims  # a role left as text where Markdown output was not read as MyST
-    table1 = (HTML / "book" / "results" / "02-table1.html").read_text()
+    table1 = (HTML / "book" / "results" / "04-table1.html").read_text()
     assert table1.count("<td>≠</td>") == 8
 
 
@@ -301,9 +301,9 @@ def laid_out(smoke_book, tmp_path_factory):
 def test_results_pages_render_offline_in_headless_chromium(laid_out):
     _, methods = laid_out["book/methods.html"]
     assert methods.count("<mjx-container") >= 10, "MathJax did not typeset offline"
-    _, table1 = laid_out["book/results/02-table1.html"]
+    _, table1 = laid_out["book/results/04-table1.html"]
     assert "<table" in table1 and re.search(r"<td>-?\d+\.\d+</td>", table1)
-    _, beyond = laid_out["book/results/05-beyond.html"]
+    _, beyond = laid_out["book/results/07-beyond.html"]
     assert beyond.count("<mjx-container") >= 5, "the math a result page prints was not typeset"
     for name, (_, dom) in laid_out.items():
         assert "Traceback" not in dom and "<h1" in dom, name

@@ -173,8 +173,8 @@ def test_claims_page_executes_from_records_and_shows_every_status(glue_runs, tmp
     from hupeft.executor import execute_notebook
 
     root = Path(glue_runs["path"].iloc[0]).parents[4]
-    out = tmp_path / "09-claims.ipynb"
-    error = execute_notebook(report.REPORT_NOTEBOOKS / "09-claims.ipynb", out,
+    out = tmp_path / "02-claims.ipynb"
+    error = execute_notebook(report.REPORT_NOTEBOOKS / "02-claims.ipynb", out,
                              {"preset": root.name, "results": str(root.parent)}, cwd=tmp_path)
     assert error == ""
     text = out.read_text()
