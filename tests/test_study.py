@@ -173,6 +173,20 @@ def test_sweep_ties_go_to_the_smaller_rate(tmp_path):
     assert sweep.choose(preset, tmp_path, here=False)["lora"]["lr"] == pytest.approx(1e-3)
 
 
+def test_sweep_resumes_from_archived_records_and_runs_only_what_is_missing(tmp_path, monkeypatch):
+    """Archived records have no executed notebook beside them; the sweep must not run them again."""
+    preset = sweep_preset()
+    preset["sweep"]["pairs"] = {}
+    preset["sweep"]["rates"] = {"lora": [1e-4, 1e-3, 1e-2]}
+    fill(preset, tmp_path, lambda pt: 0.9 - abs(math.log10(pt.lr / 1e-3)))
+    missing = next(tmp_path.rglob("lr0.01/*/record.json"))
+    missing.unlink()
+    ran = []
+    monkeypatch.setattr(sweep, "run_grid", lambda cells, **kw: ran.extend(c.config.lr for c in cells))
+    sweep.choose(preset, tmp_path, run=True, here=False, progress=False)
+    assert ran == [pytest.approx(1e-2)]
+
+
 def test_sweep_check_compares_the_preset_with_its_records(tmp_path):
     preset = sweep_preset()
     preset["sweep"]["pairs"] = {}

@@ -114,6 +114,14 @@ def score_of(cell: Cell, metric: str) -> float | None:
     return float(rec["scores"][metric])
 
 
+def _run_missing(cells: list[Cell], metric: str, jobs: int, progress: bool) -> None:
+    """Run the cells without a score. An archived record (no executed notebook beside it) counts:
+    the grid alone would rerun it, as it reruns any cell whose notebook is missing."""
+    todo = [c for c in cells if score_of(c, metric) is None]
+    if todo:
+        run_grid(todo, jobs=jobs, progress=progress)
+
+
 def best(scored: list[tuple[float, float | tuple, Cell]]) -> tuple:
     """The highest score; ties to the smaller rate (the first, as the list is in increasing order)."""
     top = max(s for s, _, _ in scored)
@@ -132,7 +140,7 @@ def choose(preset: dict, root: Path, *, run: bool = False, jobs: int = 1, here: 
         for _ in range(int(sw.get("extend", 1)) + 1):
             cells = _cells(preset, [Point(method, r) for r in rates], root, here)
             if run:
-                run_grid(cells, jobs=jobs, progress=progress)
+                _run_missing(cells, metric, jobs, progress)
             scores = [score_of(c, metric) for c in cells]
             if any(s is None for s in scores):
                 break
@@ -153,7 +161,7 @@ def choose(preset: dict, root: Path, *, run: bool = False, jobs: int = 1, here: 
                   for a in pair["factors"] for b in pair["factors"]]
         cells = _cells(preset, points, root, here)
         if run:
-            run_grid(cells, jobs=jobs, progress=progress)
+            _run_missing(cells, metric, jobs, progress)
         scores = [score_of(c, metric) for c in cells]
         if any(s is None for s in scores):
             continue
