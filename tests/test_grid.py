@@ -47,12 +47,6 @@ def test_every_preset_expands_and_smoke_covers_all_methods():
             with pytest.raises(grid.GridError, match="go online"):
                 grid.expand(preset, here=True)
             continue
-        if name == "study" and not all("lr" in (preset["method_settings"].get(m) or {})
-                                       for m in preset["sweep"]["rates"]):
-            # Its rates come from its sweep (hours on a CPU): until then it refuses to run.
-            with pytest.raises(grid.GridError, match="hupeft sweep --preset study"):
-                grid.expand(preset)
-            continue
         cells = grid.expand(preset)
         assert cells, name
     smoke = grid.expand(grid.load_preset("smoke"))

@@ -220,21 +220,14 @@ def test_a_preset_with_a_sweep_never_runs_a_method_at_the_defaults_rate():
 
 @pytest.mark.parametrize("name", ["cpu", "study"])
 def test_shipped_presets_use_the_rates_their_archived_sweeps_chose(name):
-    """Every rate a shipped preset trains at is traceable to its archived sweep's records; a preset
-    whose sweep has not finished sets no rate and refuses to run, naming `hupeft sweep`."""
+    """Every rate a shipped preset trains at is set and traceable to its archived sweep's records."""
     preset = load_preset(name)
     chosen = sweep.choose(preset, report.ARCHIVE, here=False)
     swept = list(preset["sweep"]["rates"]) + list(preset["sweep"].get("pairs") or {})
-    unset = [m for m in swept if all(v is None for v in sweep.preset_rates(preset, m).values())
+    unset = [m for m in swept if any(v is None for v in sweep.preset_rates(preset, m).values())
              or m not in (preset.get("method_settings") or {})]
-    if name == "cpu":  # the main job runs it: every rate is set and chosen by the archived sweep
-        assert not unset and set(chosen) == set(swept)
-    set_ = {m: c for m, c in chosen.items() if m not in unset}
-    assert sweep.disagreements(preset, set_) == []
-    assert all(m in chosen for m in swept if m not in unset), "a rate set without its sweep's records"
-    if unset:
-        with pytest.raises(GridError, match="hupeft sweep"):
-            expand(preset, lookups=False)
+    assert not unset and set(chosen) == set(swept)
+    assert sweep.disagreements(preset, chosen) == []
 
 
 # --- zero-shot, held-out scoring, the train-split prefix --------------------------------------------
